@@ -1,0 +1,252 @@
+"""Random-access image-classification sources behind one interface.
+
+Every source is a ``grain``-compatible random-access data source (``__len__`` and
+``__getitem__``) whose records are ``{"image": uint8 (H, W, C), "label": int32}``, plus an
+``info`` describing the dataset.  Pipelines (``rkdsc_jax.data.pipeline``) add the example
+index, the epoch and the augmentation seed to each record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import struct
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+_FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What a model and a logit store need to know about a source."""
+
+    name: str
+    split: str
+    num_examples: int
+    num_classes: int
+    image_shape: tuple[int, int, int]  # (H, W, C) of the stored uint8 images.
+    class_names: tuple[str, ...] = ()
+
+
+class DataSource(Protocol):
+    info: DatasetInfo
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
+class ArraySource:
+    """A source over in-memory arrays: ``images`` (N, H, W, C) uint8, ``labels`` (N,)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, info: DatasetInfo):
+        if images.ndim != 4 or images.dtype != np.uint8:
+            raise ValueError(
+                f"images must be uint8 of shape (N, H, W, C), got {images.dtype} {images.shape}."
+            )
+        if labels.shape != (images.shape[0],):
+            raise ValueError(
+                f"labels must have shape ({images.shape[0]},) to match images, got {labels.shape}."
+            )
+        self.images = images
+        self.labels = labels.astype(np.int32)
+        self.info = info
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"image": self.images[index], "label": self.labels[index]}
+
+    def get_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        return {"image": self.images[indices], "label": self.labels[indices]}
+
+    def __repr__(self) -> str:
+        return f"ArraySource({self.info.name}/{self.info.split}, n={len(self)})"
+
+
+def _read_idx(path: str) -> np.ndarray:
+    """Reads one (optionally gzipped) IDX file, the format of (Fashion-)MNIST."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file (header {data[:4]!r}).")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f"{path} is truncated: header says {shape}, found {array.size} bytes.")
+    return array.reshape(shape)
+
+
+def fashion_mnist(split: str = "train", data_dir: str | None = None) -> ArraySource:
+    """Fashion-MNIST from its IDX files (Debian's ``dataset-fashion-mnist`` by default)."""
+    if split not in _FASHION_MNIST_FILES:
+        raise ValueError(f"Fashion-MNIST has splits {sorted(_FASHION_MNIST_FILES)}, not {split!r}.")
+    data_dir = data_dir or FASHION_MNIST_DIR
+    image_file, label_file = (os.path.join(data_dir, f) for f in _FASHION_MNIST_FILES[split])
+    for path in (image_file, label_file):
+        if not os.path.exists(path) and not os.path.exists(path[: -len(".gz")]):
+            raise FileNotFoundError(
+                f"Fashion-MNIST file {path} not found. Install it with "
+                "`sudo apt-get install dataset-fashion-mnist` (files land in "
+                f"{FASHION_MNIST_DIR}), or download the four *-ubyte.gz files from "
+                "https://github.com/zalandoresearch/fashion-mnist and pass their folder "
+                "as data_dir (--config.data.data_dir=...)."
+            )
+    resolve = lambda p: p if os.path.exists(p) else p[: -len(".gz")]
+    images = _read_idx(resolve(image_file))[..., None]
+    labels = _read_idx(resolve(label_file))
+    info = DatasetInfo(
+        name="fashion_mnist", split=split, num_examples=len(labels), num_classes=10,
+        image_shape=tuple(images.shape[1:]), class_names=FASHION_MNIST_CLASSES,
+    )
+    return ArraySource(images, labels, info)
+
+
+def synthetic(
+    split: str = "train",
+    num_examples: int = 512,
+    image_shape: Sequence[int] = (28, 28, 1),
+    num_classes: int = 10,
+    seed: int = 0,
+    noise: float = 48.0,
+) -> ArraySource:
+    """A learnable synthetic dataset for tests: one fixed random template per class + noise.
+
+    Templates depend only on ``seed`` (shared by all splits); the noise depends on the split.
+    """
+    templates = np.random.default_rng(seed).uniform(0, 255, (num_classes, *image_shape))
+    split_seed = {"train": 1, "validation": 2, "test": 3}.get(split, 4)
+    rng = np.random.default_rng([seed, split_seed])
+    labels = rng.integers(0, num_classes, num_examples).astype(np.int32)
+    images = templates[labels] + rng.normal(0.0, noise, (num_examples, *image_shape))
+    info = DatasetInfo(
+        name="synthetic", split=split, num_examples=num_examples, num_classes=num_classes,
+        image_shape=tuple(image_shape),
+        class_names=tuple(f"class_{c}" for c in range(num_classes)),
+    )
+    return ArraySource(np.clip(images, 0, 255).astype(np.uint8), labels, info)
+
+
+class TfdsSource:
+    """Any TFDS image-classification dataset through ``tfds.data_source`` (no TensorFlow).
+
+    The dataset must already be prepared in ``data_dir`` in the ``array_record`` format
+    (``tfds build NAME --file_format=array_record`` once, which needs TensorFlow; see
+    BUILD.md).  Nothing is downloaded here.
+    """
+
+    def __init__(self, name: str, split: str = "train", data_dir: str | None = None,
+                 image_key: str = "image", label_key: str = "label"):
+        import tensorflow_datasets as tfds  # Heavy import: only when a TFDS source is used.
+
+        try:
+            builder = tfds.builder(name, data_dir=data_dir)
+        except tfds.core.registered.DatasetNotFoundError as e:
+            raise ValueError(f"TFDS has no dataset named {name!r}; check the spelling.") from e
+        try:
+            self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+        except (NotImplementedError, AssertionError, FileNotFoundError) as e:
+            raise FileNotFoundError(
+                f"TFDS dataset {name!r} ({split}) is not prepared for random access in "
+                f"{builder.data_dir!r}. Prepare it once with `tfds build {name} "
+                "--file_format=array_record --data_dir=DIR` (needs tensorflow; imagenet2012 "
+                "also needs its manual-download tars), then pass --config.data.data_dir=DIR."
+            ) from e
+        self._image_key, self._label_key = image_key, label_key
+        features = builder.info.features
+        shape = tuple(features[image_key].shape)
+        self.info = DatasetInfo(
+            name=name, split=split, num_examples=len(self._source),
+            num_classes=features[label_key].num_classes,
+            image_shape=shape, class_names=tuple(features[label_key].names),
+        )
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        record = self._source[int(index)]
+        image = np.asarray(record[self._image_key], dtype=np.uint8)
+        if image.ndim == 2:
+            image = image[..., None]
+        return {"image": image, "label": np.int32(record[self._label_key])}
+
+    def __repr__(self) -> str:
+        return f"TfdsSource({self.info.name}/{self.info.split}, n={len(self)})"
+
+
+class SubsetSource:
+    """A view of ``source`` restricted to ``indices`` (used for train/validation splits)."""
+
+    def __init__(self, source: DataSource, indices: np.ndarray, split: str):
+        self._source = source
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.info = dataclasses.replace(source.info, split=split, num_examples=len(self.indices))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self._source[int(self.indices[index])]
+
+    def get_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        from rkdsc_jax.data.pipeline import read_batch  # Circular at module level.
+
+        return read_batch(self._source, self.indices[indices])
+
+    def __repr__(self) -> str:
+        return f"SubsetSource({self.info.name}/{self.info.split}, n={len(self)})"
+
+
+def split_train_validation(
+    source: DataSource, validation_fraction: float, seed: int = 0
+) -> tuple[SubsetSource, SubsetSource]:
+    """A reproducible split of ``source`` into disjoint train and validation views.
+
+    The split depends only on (len(source), validation_fraction, seed), never on the
+    device or process count.  DARTS searches use ``validation_fraction=0.5``.
+    """
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}.")
+    permutation = np.random.default_rng([seed, len(source)]).permutation(len(source))
+    num_val = int(round(len(source) * validation_fraction))
+    if num_val == 0 or num_val == len(source):
+        raise ValueError(
+            f"validation_fraction={validation_fraction} of {len(source)} examples leaves one "
+            "side empty; use a fraction that keeps at least one example on each side."
+        )
+    val, train = np.sort(permutation[:num_val]), np.sort(permutation[num_val:])
+    return SubsetSource(source, train, "train"), SubsetSource(source, val, "validation")
+
+
+def take(source: DataSource, num_examples: int | None) -> DataSource:
+    """The first ``num_examples`` of ``source`` (all of it when None); for quick runs."""
+    if num_examples is None or num_examples >= len(source):
+        return source
+    return SubsetSource(source, np.arange(num_examples), source.info.split)
+
+
+def get_source(name: str, split: str, data_dir: str | None = None, **kwargs) -> DataSource:
+    """Builds a source by name: ``fashion_mnist``, ``synthetic`` or ``tfds:NAME``.
+
+    Any other name is taken as a TFDS dataset name (``cifar10``, ``imagenet2012``, ...).
+    """
+    if name == "fashion_mnist":
+        return fashion_mnist(split, data_dir)
+    if name == "synthetic":
+        return synthetic(split, **kwargs)
+    return TfdsSource(name.removeprefix("tfds:"), split, data_dir, **kwargs)

@@ -1,0 +1,23 @@
+"""Models: teachers, students, baselines and channel codecs (pure linen modules)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+
+from rkdsc_jax.models.cnn import SmallCNN, max_pool_2x2
+
+_CLASSIFIERS = {"small_cnn": SmallCNN}
+
+
+def get_classifier(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """A classifier by registry name, e.g. ``get_classifier("small_cnn", 10, features=(32, 64))``."""
+    if name not in _CLASSIFIERS:
+        raise ValueError(f"Unknown model {name!r}; available: {sorted(_CLASSIFIERS)}.")
+    return _CLASSIFIERS[name](num_classes=num_classes, **kwargs)
+
+
+def classifier_from_config(model_config: Mapping[str, Any], num_classes: int) -> nn.Module:
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(model_config).items() if k != "name"}
+    return get_classifier(model_config["name"], num_classes, **kwargs)

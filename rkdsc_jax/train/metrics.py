@@ -1,0 +1,107 @@
+"""Metrics to JSONL and TensorBoard, and a periodic progress line with throughput."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from absl import logging
+
+from rkdsc_jax import files
+
+
+class MetricWriter:
+    """Appends ``{"step", "split", ...metrics}`` rows to ``metrics.jsonl`` and TensorBoard.
+
+    Only process 0 writes.  ``truncate(step)`` drops rows after ``step`` so a resumed run's
+    file ends exactly as an uninterrupted run's would.
+    """
+
+    def __init__(self, workdir: str, tensorboard: bool = True):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.enabled = jax.process_index() == 0
+        self._tb = None
+        if self.enabled:
+            os.makedirs(workdir, exist_ok=True)
+            if tensorboard:
+                from tensorboardX import SummaryWriter  # Event files without TensorFlow.
+
+                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def truncate(self, step: int) -> None:
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        kept = [row for row in read_metrics(self.path) if row["step"] <= step]
+        files.atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def write(self, step: int, metrics: Mapping[str, Any], split: str = "train") -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), "split": split}
+        row.update({k: float(v) for k, v in metrics.items()})
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in metrics.items():
+                self._tb.add_scalar(f"{split}/{k}", float(v), step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: str, split: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a metrics.jsonl; a torn last line (from a crash) is skipped."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if split is None or row.get("split") == split:
+                rows.append(row)
+    return rows
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Progress:
+    """Logs ``step n/N (p%) | metrics | examples/s | elapsed | eta`` lines."""
+
+    def __init__(self, total_steps: int, batch_size: int, first_step: int = 0, name: str = "train"):
+        self.total_steps, self.batch_size, self.name = total_steps, batch_size, name
+        self._start_time = self._last_time = time.perf_counter()
+        self._start_step = self._last_step = first_step
+
+    def examples_per_second(self, step: int) -> float:
+        elapsed = time.perf_counter() - self._last_time
+        return (step - self._last_step) * self.batch_size / max(elapsed, 1e-9)
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> float:
+        throughput = self.examples_per_second(step)
+        now = time.perf_counter()
+        done = step - self._start_step
+        rate = done / max(now - self._start_time, 1e-9)
+        eta = (self.total_steps - step) / max(rate, 1e-9)
+        shown = " ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
+        logging.info(
+            "%s step %d/%d (%.0f%%) | %s | %.0f examples/s | elapsed %s | eta %s",
+            self.name, step, self.total_steps, 100.0 * step / self.total_steps, shown, throughput,
+            _format_duration(now - self._start_time), _format_duration(eta),
+        )
+        self._last_time, self._last_step = now, step
+        return throughput
+
+
+def mean_metrics(history: list[Mapping[str, jax.Array]]) -> dict[str, float]:
+    """Averages per-step scalar metrics over a logging interval (one device→host copy)."""
+    stacked = jax.device_get(jax.tree.map(lambda *xs: np.stack(xs), *history))
+    return {k: float(np.mean(v)) for k, v in stacked.items()}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine (idempotent, fast when already done):
+#   - a virtual environment in .venv with the exact pinned packages (`--dev` adds test extras),
+#   - Fashion-MNIST from Debian's `dataset-fashion-mnist` package when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extra=""
+[[ "${1:-}" == "--dev" ]] && extra="[dev]"
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+  echo "rkdsc_jax needs Python >= 3.10; $python is $("$python" --version 2>&1). Set PYTHON=/path/to/python3.10+." >&2
+  exit 1
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+  echo "[setup] creating .venv with $("$python" --version)"
+  "$python" -m venv .venv
+fi
+stamp=".venv/.installed-$(cat setup.py | sha256sum | cut -c1-16)${extra:+-dev}"
+if [[ ! -f "$stamp" ]]; then
+  echo "[setup] installing rkdsc_jax${extra} and its pinned dependencies into .venv"
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet -e ".${extra}"
+  touch "$stamp"
+fi
+
+fmnist=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+if [[ ! -f "$fmnist" ]]; then
+  if [[ $(id -u) -eq 0 ]]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo"; else sudo="none"; fi
+  if [[ "$sudo" != "none" ]] && command -v apt-get >/dev/null; then
+    echo "[setup] installing Fashion-MNIST (Debian package dataset-fashion-mnist)"
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "[setup] Fashion-MNIST is not installed and this user cannot install Debian packages." >&2
+    echo "        Ask an administrator for 'apt-get install dataset-fashion-mnist', or download the" >&2
+    echo "        four *-ubyte.gz files from https://github.com/zalandoresearch/fashion-mnist and" >&2
+    echo "        pass their folder with --config.data.data_dir=DIR." >&2
+  fi
+fi

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test suite, from a fresh clone: bash scripts/test.sh [pytest args]
+# The default set excludes tests marked slow; run those with: bash scripts/test.sh -m slow
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --dev
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,191 @@
+"""Training core: data parallelism, exact resume, metrics, and the classifier mode."""
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rkdsc_jax import data, models, train
+from rkdsc_jax.train import metrics as metrics_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _setup(mesh, num_steps=20, batch_size=32, seed=0):
+    source = data.synthetic("train", 256, image_shape=(12, 12, 1), seed=seed)
+    model = models.SmallCNN(num_classes=10, features=(8, 16), hidden=32, dropout=0.1)
+    tx = train.make_optimizer(
+        _Cfg(optimizer="adamw", learning_rate=3e-3, warmup_steps=3, weight_decay=1e-4), num_steps
+    )
+    state = jax.jit(
+        functools.partial(train.create_train_state, model, tx, seed=seed, train=False),
+        out_shardings=train.replicated(mesh),
+    )(jnp.zeros((1, 12, 12, 1)))
+    iterator = data.train_iterator(source, batch_size=batch_size, num_steps=num_steps, seed=seed)
+    return state, iterator, train.jit_train_step(train.classifier_train_step, mesh)
+
+
+class _Cfg(dict):
+    __getattr__ = dict.__getitem__
+
+
+def _run_steps(mesh, num_steps=20):
+    state, iterator, step = _setup(mesh, num_steps)
+    losses = []
+    for _ in range(num_steps):
+        state, m = step(state, train.shard_batch(next(iterator), mesh, ("image", "label")))
+        losses.append(float(m["loss"]))
+    return np.asarray(losses), state
+
+
+def test_eight_devices_give_the_same_losses_as_one():
+    assert jax.device_count() == 8, "conftest sets 8 virtual CPU devices"
+    losses_1, state_1 = _run_steps(train.make_mesh(1))
+    losses_8, state_8 = _run_steps(train.make_mesh(8))
+    assert losses_1[-1] < losses_1[0]  # It trains.
+    np.testing.assert_allclose(losses_8, losses_1, rtol=2e-4, atol=2e-5)
+    chex.assert_trees_all_close(state_8.params, state_1.params, rtol=1e-3, atol=1e-4)
+    # Batch statistics are global-batch statistics, not per-device ones.
+    chex.assert_trees_all_close(state_8.batch_stats, state_1.batch_stats, rtol=1e-3, atol=1e-4)
+
+
+def test_batch_is_really_sharded_over_the_mesh():
+    mesh = train.make_mesh(8)
+    batch = train.shard_batch({"image": np.zeros((16, 4, 4, 1), np.float32)}, mesh)
+    assert len(batch["image"].addressable_shards) == 8
+    assert batch["image"].addressable_shards[0].data.shape == (2, 4, 4, 1)
+    with pytest.raises(ValueError, match="divisible"):
+        train.mesh.check_batch_size(12, mesh)
+
+
+def _fit(workdir, mesh, num_steps=24, crash_at=None):
+    state, iterator, step = _setup(mesh, num_steps)
+    calls = 0
+
+    def maybe_crashing_step(state, batch):
+        nonlocal calls
+        calls += 1
+        if calls == crash_at:
+            raise RuntimeError("simulated preemption")
+        return step(state, batch)
+
+    eval_source = data.synthetic("test", 40, image_shape=(12, 12, 1))
+    eval_step = train.jit_eval_step(train.classifier_eval_step, mesh)
+    eval_fn = lambda s: train.evaluate(eval_step, s, data.eval_batches(eval_source, batch_size=16), mesh)
+    config = train.LoopConfig(num_steps=num_steps, batch_size=32, log_every=4, checkpoint_every=8, eval_every=8)
+    return train.fit(state=state, train_step=maybe_crashing_step, train_iter=iterator, mesh=mesh,
+                     workdir=str(workdir), config=config, eval_fn=eval_fn)
+
+
+def test_interrupted_run_resumes_to_exactly_the_uninterrupted_metrics(tmp_path):
+    mesh = train.make_mesh(2)
+    state_a, summary_a = _fit(tmp_path / "a", mesh)
+    with pytest.raises(RuntimeError, match="simulated preemption"):
+        _fit(tmp_path / "b", mesh, crash_at=19)  # Dies between the checkpoints at 16 and 24.
+    partial_rows = metrics_lib.read_metrics(str(tmp_path / "b" / "metrics.jsonl"))
+    assert max(r["step"] for r in partial_rows) == 16
+    state_b, summary_b = _fit(tmp_path / "b", mesh)
+    assert summary_b["resumed_from_step"] == 16
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "examples_per_second"} for r in rows]
+    rows_a = strip(metrics_lib.read_metrics(str(tmp_path / "a" / "metrics.jsonl")))
+    rows_b = strip(metrics_lib.read_metrics(str(tmp_path / "b" / "metrics.jsonl")))
+    assert rows_a == rows_b  # Bit-identical numbers, same rows, no duplicates.
+    chex.assert_trees_all_equal(state_a.params, state_b.params)
+    assert summary_a["eval"] == summary_b["eval"]
+
+
+def test_metric_writer_truncates_and_skips_torn_lines(tmp_path):
+    writer = train.MetricWriter(str(tmp_path), tensorboard=True)
+    for step in (1, 2, 3):
+        writer.write(step, {"loss": 1.0 / step})
+    writer.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "spl')  # A crash mid-write.
+    assert [r["step"] for r in train.read_metrics(str(tmp_path / "metrics.jsonl"))] == [1, 2, 3]
+    writer = train.MetricWriter(str(tmp_path), tensorboard=False)
+    writer.truncate(2)
+    assert [r["step"] for r in train.read_metrics(str(tmp_path / "metrics.jsonl"))] == [1, 2]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
+
+
+def test_evaluate_is_exact_with_padding():
+    mesh = train.make_mesh(8)
+
+    def eval_step(state, batch):  # "Predicts" label 0 always.
+        correct = (batch["label"] == 0) * batch["mask"]
+        return {"accuracy": jnp.sum(correct), "count": jnp.sum(batch["mask"])}
+
+    source = data.synthetic("test", 50)
+    result = train.evaluate(jax.jit(eval_step), None, data.eval_batches(source, batch_size=16), mesh)
+    assert result["count"] == 50
+    assert result["accuracy"] == pytest.approx(np.mean(source.labels == 0))
+
+
+def test_optimizer_schedule_and_bad_name():
+    cfg = _Cfg(optimizer="sgd", learning_rate=0.1, warmup_steps=10, weight_decay=0.0, momentum=0.9,
+               grad_clip_norm=1.0)
+    tx = train.make_optimizer(cfg, 100)
+    params = {"w": jnp.ones(3)}
+    opt_state = tx.init(params)
+    updates, _ = tx.update({"w": jnp.full(3, 100.0)}, opt_state, params)
+    assert float(jnp.abs(updates["w"]).max()) == 0.0  # Step 0 of the warm-up has lr 0.
+    with pytest.raises(ValueError, match="Unknown optimizer"):
+        train.make_optimizer(_Cfg(optimizer="lion", learning_rate=1.0, warmup_steps=0), 10)
+
+
+def test_loop_config_rejects_checkpoints_off_log_boundaries():
+    with pytest.raises(ValueError, match="multiple of log_every"):
+        train.LoopConfig(num_steps=10, batch_size=8, log_every=4, checkpoint_every=6)
+
+
+def _main(workdir, *overrides, env=None):
+    cmd = [sys.executable, "-m", "experiments.main",
+           "--config=experiments/configs/synthetic_classifier.py", f"--workdir={workdir}", *overrides]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_main_killed_mid_run_resumes_to_the_same_metrics(tmp_path):
+    """The experiment entry point, SIGKILLed after its first checkpoint, then rerun."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    # Big enough images that a step takes a while, so the kill lands mid-run.
+    overrides = ["--config.train.num_epochs=6", "--config.model.features=(16,32)"]
+    reference = _main(tmp_path / "ref", *overrides, env=env)
+    out, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, out
+
+    killed = _main(tmp_path / "run", *overrides, env=env)
+    checkpoint_dir = tmp_path / "run" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and killed.poll() is None:
+        if checkpoint_dir.exists() and any(p.isdigit() for p in os.listdir(checkpoint_dir)):
+            break
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    steps_done = [int(p) for p in os.listdir(checkpoint_dir) if p.isdigit()]
+    summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
+    assert steps_done and max(steps_done) < summary["steps"], "the kill came too late to test resume"
+
+    resumed = _main(tmp_path / "run", *overrides, env=env)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert "Resuming at step" in out
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "examples_per_second"} for r in rows]
+    assert strip(train.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))) == strip(
+        train.read_metrics(str(tmp_path / "ref" / "metrics.jsonl"))
+    )
+    resumed_summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert resumed_summary["eval"] == summary["eval"]
+    assert summary["eval"]["accuracy"] > 0.9  # Synthetic classes are easy: it really learns.
+    for name in ("config.json", "metrics.jsonl", "summary.json", "tensorboard"):
+        assert (tmp_path / "ref" / name).exists()
