@@ -11,23 +11,21 @@ generator runs on one, so the ratio depends on the core count and on what else t
 machine is running (on a loaded 2-core box JAX drops below NumPy). Compare numbers from
 the same run only.
 
-    python benchmarks/channel_throughput.py [--out benchmarks/results/channel_throughput.json]
+    python -m benchmarks.channel_throughput [--out benchmarks/results/channel_throughput.json]
 """
 
 import argparse
 import functools
-import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rkdsc_jax import channels
+from rkdsc_jax import channels, files
 
 # (batch, k): two training-like batches and one long vector (each of the last two is 2^20 symbols).
 SIZES = ((256, 256), (256, 4096), (1, 1 << 20))
@@ -77,21 +75,6 @@ def bench(batch, k, kind, repeats, prng_impl):
                 numpy_symbols_per_s=n / t_np, jax_symbols_per_s=n / t_jax, speedup=t_np / t_jax)
 
 
-def write_json_atomic(path, payload):
-    """Temp file in the same directory + os.replace: readers never see a partial file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".channel_throughput.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="benchmarks/results/channel_throughput.json")
@@ -115,7 +98,7 @@ def main():
         print(f"{r['batch']:>6} x {r['k']:<7} {r['kind']:>9} {r['numpy_symbols_per_s']:>13.3e} "
               f"{r['jax_symbols_per_s']:>13.3e} {r['speedup']:>8.2f}x")
 
-    write_json_atomic(args.out, dict(
+    files.atomic_write_json(args.out, dict(
         benchmark="channel_throughput",
         computation="simulate(csi='perfect', equalizer='zf'), complex64, per-sample SNR",
         jax_version=jax.__version__, numpy_version=np.__version__,

@@ -1,6 +1,6 @@
 """Train-step time of the default small CNN on 1, 2 and 8 (virtual) devices, in one run.
 
-    python benchmarks/train_step.py [--batch_size=128] [--steps=20] [--out=benchmarks/results/train_step.json]
+    python -m benchmarks.train_step [--batch_size=128] [--steps=20] [--out=benchmarks/results/train_step.json]
 
 On CPU the devices are virtual (``--xla_force_host_platform_device_count=8``): the same
 cores, but XLA splits the batch, which changes how the convolutions are scheduled.  On an

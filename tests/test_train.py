@@ -189,3 +189,17 @@ def test_main_killed_mid_run_resumes_to_the_same_metrics(tmp_path):
     assert summary["eval"]["accuracy"] > 0.9  # Synthetic classes are easy: it really learns.
     for name in ("config.json", "metrics.jsonl", "summary.json", "tensorboard"):
         assert (tmp_path / "ref" / name).exists()
+
+
+@pytest.mark.slow
+def test_default_main_command_reaches_90_percent_on_fashion_mnist(tmp_path):
+    """The README's main job (minutes on 2 cores): >= 90 % test accuracy on the real data."""
+    if not os.path.exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"):
+        pytest.skip("dataset-fashion-mnist is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # Use the config's devices.
+    cmd = [sys.executable, "-m", "experiments.main", "--config=experiments/configs/fmnist_classifier.py",
+           f"--workdir={tmp_path}"]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["eval"]["accuracy"] >= 0.90 and summary["eval"]["count"] == 10000
