@@ -12,7 +12,7 @@ from rkdsc_jax import models, train
 
 def test_small_cnn_parameter_count_matches_hand_count():
     model = models.get_classifier("small_cnn", 10, features=(32, 64), convs_per_stage=1, hidden=128)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), train=False)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), train=False))
     conv = 3 * 3 * 1 * 32 + 3 * 3 * 32 * 64  # No conv biases: BatchNorm follows.
     batch_norm_scale_bias = 2 * (32 + 64)
     dense = (7 * 7 * 64) * 128 + 128 + 128 * 10 + 10
@@ -24,7 +24,7 @@ def test_small_cnn_parameter_count_matches_hand_count():
 def test_small_cnn_shapes_jit_and_grad(shape):
     model = models.SmallCNN(num_classes=7, features=(8, 16))
     x = jax.random.normal(jax.random.key(0), shape)
-    variables = model.init(jax.random.key(1), x, train=False)
+    variables = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(x)
     logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
     chex.assert_shape(logits, (shape[0], 7))
 
@@ -33,7 +33,7 @@ def test_small_cnn_shapes_jit_and_grad(shape):
                              rngs={"dropout": jax.random.key(2)}, mutable=["batch_stats"])
         return jnp.sum(out**2)
 
-    grads = jax.grad(loss)(variables["params"])
+    grads = jax.jit(jax.grad(loss))(variables["params"])
     chex.assert_tree_all_finite(grads)
     assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads))
 
