@@ -9,7 +9,9 @@ accelerator host the real devices are used.
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+from rkdsc_jax.train.mesh import configure_host_devices
+
+configure_host_devices(8)  # Before JAX initialises its backend.
 
 import argparse  # noqa: E402
 import functools  # noqa: E402

@@ -13,6 +13,7 @@ from rkdsc_jax.train.loop import (
 from rkdsc_jax.train.mesh import (
     DATA_AXIS,
     batch_sharding,
+    configure_host_devices,
     initialize_distributed,
     make_mesh,
     replicate,

@@ -7,6 +7,7 @@ batches are split along their leading axis.  On several hosts, call
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -15,6 +16,25 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+
+
+def configure_host_devices(count: int | None) -> None:
+    """Splits the CPU into ``count`` virtual devices; call before JAX initialises a backend.
+
+    On CPU, XLA runs a batch split over 8 virtual devices ~1.5x faster than on one on
+    2 cores (benchmarks/train_step.py), and sharded code runs as on an 8-chip host.
+    Accelerators are unaffected.  An explicit device count in XLA_FLAGS wins.  The
+    collective time-outs are raised from 40 s: on a busy machine one device thread can be
+    starved that long, and XLA then aborts the whole process.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    extra = []
+    if count and "--xla_force_host_platform_device_count" not in flags:
+        extra.append(f"--xla_force_host_platform_device_count={count}")
+    for flag in ("--xla_cpu_collective_call_terminate_timeout_seconds", "--xla_cpu_collective_timeout_seconds"):
+        if flag not in flags:
+            extra.append(f"{flag}=1800")
+    os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
