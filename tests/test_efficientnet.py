@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rkdsc_jax.train import param_count
+
 from rkdsc_jax.models.convert import (
     INSTALL_HINT,
     LITE0_META_FILE,
@@ -36,7 +38,6 @@ from rkdsc_jax.models.efficientnet import (
     BlockConfig,
     EfficientNetLite,
     MBConvBlock,
-    count_params,
     efficientnet_lite,
     efficientnet_preprocess,
 )
@@ -239,7 +240,7 @@ def test_photos_top1_torch_free(jax_outputs):
 
 def test_param_count_matches_package(lite0, torch_lite0):
     _, variables = lite0
-    ours = count_params(variables["params"])
+    ours = param_count(variables["params"])
     theirs = sum(p.numel() for p in torch_lite0.parameters())
     print(f"\nEfficientNet-Lite0 parameters: {ours:,}")
     assert ours == theirs
@@ -254,7 +255,7 @@ def test_larger_variants_map_strictly(torch_packages, name):
     t_model = EfficientNet.from_name(name)
     module = efficientnet_lite(name)
     variables = state_dict_to_variables(t_model.state_dict(), module)
-    assert count_params(variables["params"]) == sum(p.numel() for p in t_model.parameters())
+    assert param_count(variables["params"]) == sum(p.numel() for p in t_model.parameters())
 
 
 # ----------------------------------------------------------------------------- cache + strictness
@@ -303,7 +304,7 @@ def test_cache_loader_is_strict(tmp_path, monkeypatch, lite0_shapes, edit, key):
     flat = {k: np.zeros(s, np.float32) for k, s in lite0_shapes.items()}
     _write_cache(str(tmp_path), flat)
     module, variables = load_efficientnet_lite0(str(tmp_path))  # the intact cache loads
-    assert count_params(variables["params"]) == 4_652_008
+    assert param_count(variables["params"]) == 4_652_008
     if edit == "missing":
         del flat[key]
     elif edit == "unexpected":
@@ -337,7 +338,7 @@ def test_state_dict_mapping_is_strict(lite0_shapes, edit, torch_name):
     state = {torch_key(k): _from_linen_layout(k, np.zeros(s, np.float32)) for k, s in lite0_shapes.items()}
     state["_bn0.num_batches_tracked"] = np.zeros((), np.int64)  # ignored, as in real checkpoints
     variables = state_dict_to_variables(state)
-    assert count_params(variables["params"]) == 4_652_008
+    assert param_count(variables["params"]) == 4_652_008
     if edit == "missing":
         del state[torch_name]
     elif edit == "unexpected":

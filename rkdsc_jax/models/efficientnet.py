@@ -372,18 +372,12 @@ def efficientnet_preprocess(
     return out[0] if single else out
 
 
-def count_params(params: Any) -> int:
-    """Number of scalars in a parameter tree (pass ``variables['params']``)."""
-    return int(sum(np.prod(np.shape(p)) for p in jax.tree_util.tree_leaves(params)))
-
-
 __all__: Sequence[str] = (
     "BlockConfig",
     "EfficientNetLite",
     "LITE_PARAMS",
     "MBConvBlock",
     "block_configs",
-    "count_params",
     "drop_path",
     "efficientnet_lite",
     "efficientnet_preprocess",
