@@ -111,3 +111,38 @@ def test_efficientnet_teacher_recognises_a_real_cat(tmp_path):
     logits = teacher.logits(square)
     assert int(jnp.argmax(logits[0])) in range(281, 286)  # ImageNet's domestic cats.
     assert teacher.features(square).shape == (1, 1280)
+
+
+def test_clip_zero_shot_with_the_checkpoints_own_tokenizer(tmp_path):
+    """Default tokenisation (tokenizer.json beside the weights, padded to the context length)
+    against transformers run on each prompt alone, unpadded."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+    class_names = ["cat", "dog", "owl"]
+    prompts = [f"a photo of a {name}." for name in class_names]
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    specials = ["<unk>", "<pad>", "<|startoftext|>", "<|endoftext|>"]
+    tokenizer.train_from_iterator(prompts * 10, trainers.BpeTrainer(vocab_size=60, special_tokens=specials))
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", 2), ("<|endoftext|>", 3)])
+
+    torch.manual_seed(1)
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                  image_size=30, patch_size=6)
+    text = dict(hidden_size=24, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                vocab_size=64, max_position_embeddings=16, eos_token_id=3, bos_token_id=2, pad_token_id=1)
+    model = _perturbed(transformers.CLIPModel(transformers.CLIPConfig(vision_config=vision, text_config=text,
+                                                                      projection_dim=16)))
+    model.save_pretrained(tmp_path)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+
+    teacher = teachers.clip_teacher(str(tmp_path), class_names)
+    images = np.random.default_rng(2).uniform(size=(2, 30, 30, 3)).astype(np.float32)
+    mean, std = (np.asarray(v, np.float32) for v in teachers.CLIP_PREPROCESS_STATS)
+    pixels = torch.from_numpy((images - mean) / std).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        expected = torch.cat([
+            model(input_ids=torch.tensor([tokenizer.encode(p).ids]), pixel_values=pixels).logits_per_image
+            for p in prompts], dim=1)
+    np.testing.assert_allclose(teacher.logits(images), expected.numpy(), atol=1e-4)
