@@ -146,3 +146,35 @@ def test_clip_zero_shot_with_the_checkpoints_own_tokenizer(tmp_path):
             model(input_ids=torch.tensor([tokenizer.encode(p).ids]), pixel_values=pixels).logits_per_image
             for p in prompts], dim=1)
     np.testing.assert_allclose(teacher.logits(images), expected.numpy(), atol=1e-4)
+
+
+def test_finetuned_teacher_learns_the_task_saves_and_reloads(tmp_path):
+    from rkdsc_jax import data, train
+
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                    num_attention_heads=4, image_size=30, patch_size=6, num_labels=7)
+    transformers.ViTForImageClassification(config).eval().save_pretrained(tmp_path / "vit")
+    pretrained = teachers.vit_teacher(str(tmp_path / "vit"))
+    source = data.synthetic("train", 256, image_shape=(24, 24, 3), num_classes=4, seed=3)  # Resized to 30.
+    make_iter = lambda: data.train_iterator(source, batch_size=32, num_steps=40, seed=0,
+                                            augment_config=data.AugmentConfig("none"))
+    names = [f"c{i}" for i in range(4)]
+    tuned = teachers.finetune_teacher(pretrained, make_iter(), class_names=names, workdir=str(tmp_path / "ft"),
+                                      num_steps=40, batch_size=32, learning_rate=1e-3, head_learning_rate=1e-2,
+                                      warmup_steps=5, log_every=10, checkpoint_every=20, mesh=train.make_mesh(2))
+    rows = train.read_metrics(str(tmp_path / "ft" / "metrics.jsonl"), "train")
+    assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]
+    test = data.synthetic("test", 128, image_shape=(24, 24, 3), num_classes=4, seed=3)
+    images = data.preprocess(test.images, data.PreprocessConfig())
+    accuracy = float(np.mean(np.argmax(tuned.logits(images), -1) == test.labels))
+    assert accuracy > 0.9  # Chance is 0.25.
+    assert tuned.class_names == tuple(names) and tuned.identity()["head"] == "finetuned"
+
+    reloaded = teachers.load_finetuned_teacher(pretrained, str(tmp_path / "ft" / "teacher"))
+    np.testing.assert_array_equal(reloaded.logits(images), tuned.logits(images))
+    assert reloaded.identity() == tuned.identity()
+    # Finished runs are not redone: a second call resumes at the last step and returns the same teacher.
+    again = teachers.finetune_teacher(pretrained, make_iter(), class_names=names, workdir=str(tmp_path / "ft"),
+                                      num_steps=40, batch_size=32, mesh=train.make_mesh(2))
+    assert again.identity() == tuned.identity()
