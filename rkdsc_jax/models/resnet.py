@@ -8,10 +8,15 @@ convolutions, is the torchvision ResNet-50 (25,557,032 trainable parameters).
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+
+def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
 
 
 class Bottleneck(nn.Module):
@@ -21,7 +26,7 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool):
-        norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+        norm = functools.partial(_batch_norm, train)
         out = 4 * self.features
         h = nn.relu(norm("bn1")(nn.Conv(self.features, (1, 1), use_bias=self.conv_bias, name="conv1")(x)))
         h = nn.Conv(self.features, (3, 3), self.stride, padding=((1, 1), (1, 1)), use_bias=self.conv_bias,
@@ -40,7 +45,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool):
-        norm = lambda name: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+        norm = functools.partial(_batch_norm, train)
         h = nn.Conv(self.features, (3, 3), self.stride, padding=((1, 1), (1, 1)), use_bias=self.conv_bias,
                     name="conv1")(x)
         h = nn.relu(norm("bn1")(h))
@@ -70,7 +75,7 @@ class ResNetEncoder(nn.Module):
             x = nn.Conv(self.widths[0], (3, 3), padding=((1, 1), (1, 1)), use_bias=self.conv_bias, name="stem")(x)
         else:
             x = nn.Conv(self.widths[0], (7, 7), 2, padding=((3, 3), (3, 3)), use_bias=self.conv_bias, name="stem")(x)
-        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="stem_bn")(x))
+        x = nn.relu(_batch_norm(train, "stem_bn")(x))
         if not self.small_input:
             x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         block = Bottleneck if self.bottleneck else BasicBlock
