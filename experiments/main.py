@@ -28,10 +28,28 @@ class _QuietLibraries(py_logging.Filter):
         return record.levelno >= py_logging.WARNING or not any(p in record.pathname for p in self._NOISY)
 
 
-def _modes():
-    from experiments import classifier
+# mode -> (module, function); imported only when run, so one mode's imports never slow another.
+MODES = {
+    "train_classifier": ("experiments.classifier", "train_classifier"),
+    "finetune_teacher": ("experiments.teacher", "finetune"),
+    "precompute_logits": ("experiments.ltosc", "precompute_logits"),
+    "verify_logits": ("experiments.ltosc", "verify_logits"),
+    "ltosc": ("experiments.ltosc", "run_method"),
+    "evaluate": ("experiments.ltosc", "evaluate"),
+    "ltosc_study": ("experiments.ltosc", "study"),
+    "search": ("experiments.nas", "search"),
+    "retrain": ("experiments.nas", "retrain"),
+}
 
-    return {"train_classifier": classifier.train_classifier}
+
+def run_mode(config, workdir: str):
+    """Runs ``config.mode`` (also the entry point for tests and notebooks)."""
+    import importlib
+
+    if config.mode not in MODES:
+        raise app.UsageError(f"Unknown mode {config.mode!r}; available: {sorted(MODES)}.")
+    module, function = MODES[config.mode]
+    return getattr(importlib.import_module(module), function)(config, workdir)
 
 
 def main(argv):
@@ -44,11 +62,10 @@ def main(argv):
         from rkdsc_jax.train import initialize_distributed
 
         initialize_distributed()
-    modes = _modes()
-    if config.mode not in modes:
-        raise app.UsageError(f"Unknown mode {config.mode!r}; available: {sorted(modes)}.")
+    if config.mode not in MODES:
+        raise app.UsageError(f"Unknown mode {config.mode!r}; available: {sorted(MODES)}.")
     logging.info("JAX %s on %s; %d device(s).", jax.__version__, jax.devices()[0].platform, jax.device_count())
-    modes[config.mode](config, _WORKDIR.value)
+    run_mode(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -232,3 +232,12 @@ def test_unprepared_tfds_dataset_explains_how_to_prepare_it(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(FileNotFoundError, match="tfds build cifar10 --file_format=array_record"):
         data.get_source("cifar10", "train", data_dir=str(tmp_path))
+
+
+def test_resize_center_crop_keeps_the_centre_of_the_longer_side():
+    from rkdsc_jax.data.sources import resize_center_crop
+
+    image = np.arange(4 * 8, dtype=np.uint8).reshape(4, 8, 1)
+    # The shorter side is already 4: no resampling, only the central 4 columns remain.
+    np.testing.assert_array_equal(resize_center_crop(image, 4), image[:, 2:6])
+    assert resize_center_crop(np.zeros((30, 20, 3), np.uint8), 10).shape == (10, 10, 3)

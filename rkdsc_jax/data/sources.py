@@ -141,6 +141,19 @@ def synthetic(
     return ArraySource(np.clip(images, 0, 255).astype(np.uint8), labels, info)
 
 
+def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 (H, W, C): shorter side to ``size`` (bicubic), then the central size × size crop."""
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    scale = size / min(height, width)
+    new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+    pil = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).resize((new_w, new_h), Image.BICUBIC)
+    resized = np.asarray(pil).reshape(new_h, new_w, image.shape[-1])
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return resized[top:top + size, left:left + size]
+
+
 class TfdsSource:
     """Any TFDS image-classification dataset through ``tfds.data_source`` (no TensorFlow).
 
@@ -150,7 +163,7 @@ class TfdsSource:
     """
 
     def __init__(self, name: str, split: str = "train", data_dir: str | None = None,
-                 image_key: str = "image", label_key: str = "label"):
+                 image_key: str = "image", label_key: str = "label", resize_to: int | None = None):
         import tensorflow_datasets as tfds  # Heavy import: only when a TFDS source is used.
 
         try:
@@ -169,6 +182,12 @@ class TfdsSource:
         self._image_key, self._label_key = image_key, label_key
         features = builder.info.features
         shape = tuple(features[image_key].shape)
+        if None in shape[:2] and not resize_to:
+            raise ValueError(f"TFDS {name!r} images have varying sizes {shape}; pass resize_to=N "
+                             "(--config.data.resize_to=N, e.g. 256 for ImageNet) so batches can be stacked.")
+        self._resize_to = resize_to
+        if resize_to:
+            shape = (resize_to, resize_to, shape[2] or 3)
         self.info = DatasetInfo(
             name=name, split=split, num_examples=len(self._source),
             num_classes=features[label_key].num_classes,
@@ -183,6 +202,8 @@ class TfdsSource:
         image = np.asarray(record[self._image_key], dtype=np.uint8)
         if image.ndim == 2:
             image = image[..., None]
+        if self._resize_to:
+            image = resize_center_crop(image, self._resize_to)
         return {"image": image, "label": np.int32(record[self._label_key])}
 
     def __repr__(self) -> str:
@@ -194,6 +215,7 @@ class SubsetSource:
 
     def __init__(self, source: DataSource, indices: np.ndarray, split: str):
         self._source = source
+        self.parent = source
         self.indices = np.asarray(indices, dtype=np.int64)
         self.info = dataclasses.replace(source.info, split=split, num_examples=len(self.indices))
 

@@ -1,0 +1,1 @@
+"""Knowledge distillation: losses and the pre-stored teacher-logit store (FDM)."""

@@ -1,0 +1,207 @@
+"""Paper B's TOSC system, its steps and the study pipeline (on synthetic data, tiny teacher)."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+import transformers
+
+from experiments import ltosc
+from experiments.configs import ltosc_fmnist
+from rkdsc_jax import channels, data, train
+from rkdsc_jax.distill import tosc_steps
+from rkdsc_jax.models import tosc
+
+
+def test_objective_rejects_bad_settings():
+    with pytest.raises(ValueError, match="targets='store' or 'online'"):
+        tosc_steps.Objective(loss="ib", targets="labels")
+    with pytest.raises(ValueError, match="channels"):
+        tosc_steps.Objective(channels=("awgn", "rician"))
+    with pytest.raises(ValueError, match="snr_range"):
+        tosc_steps.Objective(snr_range=(10.0, -5.0))
+    with pytest.raises(ValueError, match="top_k"):
+        tosc_steps.Objective(top_k=11, num_classes=10)
+
+
+def test_mixed_channel_picks_each_examples_channel():
+    key = jax.random.PRNGKey(0)
+    x = jax.random.normal(jax.random.PRNGKey(1), (6, 8))
+    snr = jnp.linspace(-5.0, 15.0, 6)
+    use_rayleigh = jnp.array([True, False, True, False, False, True])
+    mixed = tosc_steps.mixed_channel(key, x, snr, use_rayleigh, csi="perfect", equalizer="zf")
+    awgn_key, rayleigh_key = jax.random.split(key)
+    awgn = channels.transmit(awgn_key, x, snr, kind="awgn")
+    rayleigh = channels.transmit(rayleigh_key, x, snr, kind="rayleigh", csi="perfect", equalizer="zf")
+    np.testing.assert_allclose(mixed, np.where(np.asarray(use_rayleigh)[:, None], rayleigh, awgn))
+
+
+def test_topk_distribution_matches_the_stores_smoothing():
+    logits = jnp.log(jnp.array([[0.5, 0.2, 0.2, 0.1]]))
+    smoothed = tosc_steps.topk_distribution(logits, top_k=2, temperature=1.0)
+    # Top-2 = 0.5 and one of the 0.2s; the remaining 0.3 is spread over the other two classes.
+    assert np.isclose(float(smoothed.sum()), 1.0)
+    assert np.isclose(float(smoothed[0, 0]), 0.5)
+    np.testing.assert_allclose(np.sort(np.asarray(smoothed[0, 1:])), [0.15, 0.15, 0.2], atol=1e-6)
+
+
+def _tiny_model(num_symbols=4):
+    encoder = tosc.make_encoder("tinyvit", dims=(16, 32), depths=(1, 1), num_heads=(1, 2), windows=(7, 4))
+    return tosc.TOSC(encoder, num_classes=4, num_symbols=num_symbols, decoder_hidden=32)
+
+
+def test_tosc_sends_the_configured_number_of_symbols_and_normalises_inputs():
+    model = _tiny_model(num_symbols=5)
+    images = jnp.full((2, 28, 28, 1), 0.5)
+    variables = model.init(jax.random.PRNGKey(0), images, 0.0, lambda x: x)
+    sent = []
+    logits, (x, mu, sigma) = model.apply(variables, images, 3.0, lambda x: sent.append(x.shape) or x)
+    assert sent == [(2, 10)] and logits.shape == (2, 4)
+    np.testing.assert_array_equal(x, mu)  # Deterministic unless sampling.
+    shifted = tosc.TOSC(model.encoder, 4, 5, decoder_hidden=32, input_mean=(0.5,), input_std=(2.0,))
+    # (0.5 − 0.5)/2 = 0 equals a zero image under the identity normalisation.
+    a = shifted.apply(variables, images, 3.0, lambda x: x)[0]
+    b = model.apply(variables, jnp.zeros_like(images), 3.0, lambda x: x)[0]
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_train_step_learns_from_labels_and_from_teacher_probabilities():
+    source = data.synthetic("train", 128, num_classes=4, seed=5)
+    model = _tiny_model()
+    for targets in ("labels", "online"):
+        objective = tosc_steps.Objective(loss="ce" if targets == "labels" else "kd", targets=targets, num_classes=4,
+                                         snr_range=(10.0, 20.0), top_k=2)
+        tx = optax.adam(3e-3)
+        state = train.create_train_state(model, tx, jnp.zeros((1, 28, 28, 1)), 0, snr_db=0.0,
+                                         channel_fn=lambda x: x)
+        # A perfect "teacher": the one-hot label as logits (scaled), to check the plumbing.
+        oracle = lambda variables, images: variables["table"][images[:, 0, 0, 0].astype(jnp.int32)]  # noqa: E731
+        step = jax.jit(lambda s, b, v: tosc_steps.train_step(s, b, v, objective=objective,
+                                                             teacher_logits_fn=oracle))
+        iterator = data.train_iterator(source, batch_size=32, num_steps=30, seed=0,
+                                       augment_config=data.AugmentConfig("none"))
+        losses = []
+        for batch in iterator:
+            images = batch["image"].astype(np.float32) / 255.0
+            # Encode the label in pixel (0, 0) so the oracle can read it.
+            images[:, 0, 0, 0] = batch["label"]
+            state, metrics = step(state, {"image": images, "label": batch["label"]},
+                                  {"table": 10.0 * jnp.eye(4)})
+            losses.append(float(metrics["loss"]))
+        assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), (targets, losses)
+
+
+def test_teacher_over_channel_recovers_clean_accuracy_at_high_snr():
+    """The power normalisation is undone exactly, so at 100 dB the head sees its features."""
+    kernel = jax.random.normal(jax.random.PRNGKey(0), (6, 3))
+    params = {"network": {"w": jax.random.normal(jax.random.PRNGKey(1), (28 * 28, 6))}, "head": kernel}
+    feature_fn = lambda v, images: images.reshape(images.shape[0], -1) @ v["w"]  # noqa: E731
+    head_fn = lambda h, f: f @ h  # noqa: E731
+    images = jax.random.uniform(jax.random.PRNGKey(2), (16, 28, 28, 1))
+    labels = jnp.argmax(head_fn(kernel, feature_fn(params["network"], images)), -1)
+    batch = {"image": images, "label": labels, "index": jnp.arange(16), "mask": jnp.ones(16)}
+    for kind, snr, expected in (("awgn", 100.0, 16), ("rayleigh", 100.0, 16)):
+        sums = tosc_steps.teacher_over_channel_eval_step(params, batch, snr, jax.random.PRNGKey(3),
+                                                         feature_fn=feature_fn, head_fn=head_fn, kind=kind)
+        assert int(sums["accuracy"]) == expected and int(sums["count"]) == 16
+    noisy = tosc_steps.teacher_over_channel_eval_step(params, batch, -30.0, jax.random.PRNGKey(3),
+                                                      feature_fn=feature_fn, head_fn=head_fn, kind="awgn")
+    assert int(noisy["accuracy"]) < 16
+
+
+def _study_config(tmp_path):
+    torch.manual_seed(0)
+    vit = transformers.ViTConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
+                                 image_size=28, patch_size=7, num_labels=3)
+    transformers.ViTForImageClassification(vit).eval().save_pretrained(tmp_path / "vit")
+    config = ltosc_fmnist.get_config()
+    config.data.name = "synthetic"
+    config.data.normalization = "unit"
+    config.data.augment = "none"  # Random templates: shifted or flipped, they are other classes.
+    config.teacher.kind = "vit"
+    config.teacher.hub_id = str(tmp_path / "vit")
+    config.teacher.image_size = None
+    config.teacher.finetune.num_steps = 40
+    config.teacher.finetune.batch_size = 32
+    config.teacher.finetune.learning_rate = 3e-3
+    config.teacher.finetune.head_learning_rate = 3e-2
+    config.teacher.finetune.warmup_steps = 5
+    config.teacher.finetune.log_every = 10
+    config.teacher.finetune.checkpoint_every = 10
+    config.store.num_epochs = 2
+    config.store.batch_size = 128
+    config.store.shard_size = 256
+    config.store.verify_samples = 32
+    config.model.encoders.tinyvit = dict(dims=(16, 32), depths=(1, 1), num_heads=(1, 2), windows=(7, 4))
+    config.model.encoders.resnet = dict(stage_sizes=(1, 1), widths=(8, 16), bottleneck=False, small_input=True)
+    config.model.num_symbols = 4
+    config.model.decoder_hidden = 32
+    config.train.batch_size = 32
+    config.train.num_epochs = 1.0
+    config.train.warmup_steps = 2
+    config.train.log_every = 4
+    config.train.checkpoint_every = 8
+    config.eval.batch_size = 128
+    config.eval.snrs_db = (-4.0, 0.0, 12.0)
+    config.eval.report_snrs_db = (-4.0, 0.0, 12.0)
+    config.study.methods = ("l_tosc_kd", "l_tosc")
+    config.study.seeds = (0,)
+    config.study.train_sizes = (128, 512)  # 512 is the whole set: the main run is reused.
+    config.study.size_epoch_scale = {"128": 2.0}
+    config.study.ablation_steps = 1
+    config.mesh.num_devices = 2
+    return config
+
+
+def test_study_runs_every_stage_writes_the_report_and_resumes(tmp_path, monkeypatch):
+    config = _study_config(tmp_path)
+    workdir = str(tmp_path / "study")
+    results = ltosc.study(config, workdir)
+
+    curves = results["curves"]
+    assert set(curves) == {"L-TOSC-KD", "L-TOSC", "LA-TOSC (teacher)"}
+    assert set(curves["L-TOSC-KD"]["rayleigh"]) == {"-4", "0", "12"}
+    for method in ("L-TOSC-KD", "L-TOSC"):
+        assert all(0.0 <= a <= 1.0 for curve in curves[method].values() for accs in curve.values() for a in accs)
+    teacher = json.load(open(os.path.join(workdir, "teacher", "summary.json")))
+    assert teacher["eval"]["accuracy"] > 0.5  # 10 synthetic classes: chance is 0.1.
+    ablation = results["fdm_ablation"]
+    assert ablation["storage"]["records"] == 512 * 2
+    assert ablation["seconds_per_step"]["l_tosc_kd"] > 0 and ablation["speedup"] > 0
+    assert results["store_verification"]["max_abs_prob_diff"] < 1e-2
+    assert {row[1] for row in results["train_size"]["rows"]} == {128, 512}
+    main_run = json.load(open(os.path.join(workdir, "runs", "l_tosc", "seed0", "summary.json")))
+    reused = json.load(open(os.path.join(workdir, "runs", "size512", "l_tosc", "summary.json")))
+    assert reused == main_run
+    report = open(os.path.join(workdir, "report.md")).read()
+    for heading in ("Accuracy vs SNR, awgn", "FDM ablation", "training-set size", "claims"):
+        assert heading in report
+    for plot in ("accuracy_vs_snr.png", "accuracy_vs_train_size.png"):
+        assert os.path.getsize(os.path.join(workdir, plot)) > 1000
+
+    # A second run redoes nothing: every stage's output exists.
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    for name in ("train_method", "precompute_logits", "verify_logits", "fdm_ablation", "teacher_curves"):
+        monkeypatch.setattr(ltosc, name, fail)
+    monkeypatch.setattr(ltosc.teacher_lib, "finetune", fail)
+    again = ltosc.study(config, workdir)
+    assert again["curves"] == curves
+
+
+def test_seed_curves_are_collected_and_tabulated_with_their_spread():
+    from rkdsc_jax import evaluation
+
+    per_seed = [{"awgn": {"0": 0.5, "4": 0.7}}, {"awgn": {"0": 0.7, "4": 0.9}}]
+    curves = evaluation.collect_seeds(per_seed)
+    assert curves == {"awgn": {"0": [0.5, 0.7], "4": [0.7, 0.9]}}
+    mean, std = evaluation.mean_std(curves["awgn"]["0"])
+    assert np.isclose(mean, 0.6) and np.isclose(std, np.sqrt(0.02))  # Sample std of {0.5, 0.7}.
+    table = evaluation.curves_table({"A": curves}, "awgn", ["0", "4", "8"])
+    assert "| A | 60.00 ± 14.14 | 80.00 ± 14.14 | — |" in table
