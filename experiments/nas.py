@@ -1,0 +1,331 @@
+"""Modes ``search`` (KDL-DARTS / DARTS) and ``retrain`` (a network built from a genotype).
+
+``search`` splits the training set in two reproducible halves (``data.split_train_validation``),
+runs the bi-level step of ``rkdsc_jax.nas.search`` over both, and writes into the workdir:
+checkpoints (the whole ``SearchState`` + both data iterators), ``metrics.jsonl``,
+``alphas/epoch_NNN.json`` (α, softmax(α), the derived genotype, its op histogram),
+``genotype.json`` (the final cell, DARTS JSON form), ``alpha_history.json`` and
+``alphas.png`` (softmax(α) of every edge over the epochs), ``summary.json``.
+
+``retrain`` trains ``nas.network.GenotypeNetwork`` from ``config.retrain.genotype`` (a JSON
+path, or a search workdir) with the generic ``train.fit`` loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from rkdsc_jax import data, files, models, train
+from rkdsc_jax.nas import genotypes, network, search, search_space
+from rkdsc_jax.train.metrics import MetricWriter, Progress, mean_metrics
+
+
+class PairedIterator:
+    """Zips the train-half and validation-half grain iterators into one batch dict
+    (validation fields prefixed ``val_``); checkpointable by ``train.Checkpointer``."""
+
+    def __init__(self, train_iter, val_iter):
+        self.train_iter, self.val_iter = train_iter, val_iter
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = dict(next(self.train_iter))
+        batch.update({f"val_{k}": v for k, v in next(self.val_iter).items()})
+        return batch
+
+    def get_state(self) -> bytes:
+        return json.dumps({"train": self.train_iter.get_state(), "val": self.val_iter.get_state()}).encode()
+
+    def set_state(self, state: bytes) -> None:
+        state = json.loads(state)
+        self.train_iter.set_state(state["train"])
+        self.val_iter.set_state(state["val"])
+
+    def start_prefetch(self) -> None:
+        pass
+
+
+def _preprocess(config) -> data.PreprocessConfig:
+    return data.PreprocessConfig(config.data.image_size, config.data.channels, config.data.normalization)
+
+
+def _teacher_fn(config, num_classes: int, sample_shape):
+    """images → logits of the frozen teacher (``config.teacher.kind``: none | classifier)."""
+    kind = config.teacher.kind
+    if kind == "none":
+        return None
+    if kind == "classifier":
+        model = models.classifier_from_config(config.teacher.model, num_classes)
+        abstract = jax.eval_shape(functools.partial(
+            train.create_train_state, model, optax.identity(), seed=0, train=False), jnp.zeros((1, *sample_shape)))
+        checkpointer = train.Checkpointer(os.path.join(config.teacher.workdir, "checkpoints"))
+        if checkpointer.latest_step() is None:
+            raise FileNotFoundError(f"No teacher checkpoint in {config.teacher.workdir}/checkpoints; train one "
+                                    "with experiments/configs/fmnist_classifier.py first.")
+        restored = checkpointer.restore(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype)
+                                                     if hasattr(s, "shape") else s, abstract))
+        variables = {"params": restored.params, "batch_stats": restored.batch_stats}
+        return lambda x: model.apply(variables, x, train=False)
+    if kind == "store":
+        raise ValueError("teacher.kind='store' (FDM logit store) is not wired into the search yet; use "
+                         "'classifier' or 'none'.")
+    raise ValueError(f"Unknown teacher.kind {kind!r}; use 'none', 'classifier' or 'store'.")
+
+
+def _hparams(config) -> search.SearchHParams:
+    s = config.search
+    return search.SearchHParams(order=s.order, second_order_method=s.second_order_method, lam=s.lam,
+                                temperature=s.temperature, mu=s.mu, unroll_momentum=s.unroll_momentum)
+
+
+def plot_alpha_history(history: list[dict], path: str) -> None:
+    """One panel per edge: softmax(α) of each op over epochs, normal and reduce cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    primitives = history[0]["primitives"]
+    epochs = [h["epoch"] for h in history]
+    num_edges = len(history[0]["normal"]["softmax"])
+    fig, axes = plt.subplots(2, num_edges, figsize=(1.6 * num_edges, 4.2), sharey=True, squeeze=False)
+    for row, cell_type in enumerate(("normal", "reduce")):
+        probs = np.asarray([h[cell_type]["softmax"] for h in history])  # (epochs, edges, ops)
+        for e in range(num_edges):
+            ax = axes[row, e]
+            for k, name in enumerate(primitives):
+                ax.plot(epochs, probs[:, e, k], label=name, lw=1)
+            ax.set_title(f"{cell_type[0]}{e}", fontsize=7)
+            ax.tick_params(labelsize=6)
+    axes[0, -1].legend(fontsize=5, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    directory = os.path.dirname(path)
+    tmp = os.path.join(directory, ".alphas.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def search(config, workdir: str) -> dict:
+    """Runs (or resumes) a KDL-DARTS search; returns and writes the summary."""
+    start = time.perf_counter()
+    os.makedirs(workdir, exist_ok=True)
+    lead = jax.process_index() == 0
+    if lead:
+        files.atomic_write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    mesh = train.make_mesh(config.mesh.num_devices)
+    full = data.take(data.get_source(config.data.name, config.data.train_split, data_dir=config.data.data_dir),
+                     config.data.num_train_examples)
+    train_half, val_half = data.split_train_validation(full, 0.5, seed=config.data.split_seed)
+    info = full.info
+    s = config.search
+    steps_per_epoch = len(train_half) // s.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"The training half ({len(train_half)}) is smaller than one batch ({s.batch_size}).")
+    num_steps = steps_per_epoch * s.epochs
+    preprocess = _preprocess(config)
+    augment = data.AugmentConfig(config.data.augment, config.data.crop_padding)
+    common = dict(batch_size=s.batch_size, num_steps=num_steps, augment_config=augment,
+                  preprocess_config=preprocess, process_index=jax.process_index(),
+                  process_count=jax.process_count(), worker_count=config.data.worker_count)
+    iterator = PairedIterator(data.train_iterator(train_half, seed=config.seed, **common),
+                              data.train_iterator(val_half, seed=config.seed + 1, **common))
+    sample_shape = preprocess.output_shape(info.image_shape)
+
+    model = search_space.SearchNetwork(info.num_classes, channels=s.channels, layers=s.layers, steps=s.steps,
+                                       multiplier=s.steps, impl=s.impl)
+    schedule = search.epoch_cosine_schedule(s.w_lr, s.w_lr_min, s.epochs, steps_per_epoch)
+    w_tx = search.make_weight_optimizer(schedule, s.w_momentum, s.w_weight_decay, s.w_grad_clip)
+    a_tx = search.make_arch_optimizer(s.a_lr, s.a_b1, s.a_b2, s.a_weight_decay)
+    state = jax.jit(lambda x: search.create_search_state(model, w_tx, a_tx, x, config.seed),
+                    out_shardings=train.replicated(mesh))(jnp.zeros((1, *sample_shape)))
+    complexity = search.Complexity.for_model(model, s.count_bn_affine)
+    hp = _hparams(config)
+    teacher_fn = _teacher_fn(config, info.num_classes, sample_shape) if hp.lam > 0 else None
+    step_fn = train.jit_train_step(functools.partial(
+        search.search_step, hp=hp, complexity=complexity, lr_schedule=schedule, teacher_fn=teacher_fn), mesh)
+    eval_step = train.jit_eval_step(search.eval_step, mesh)
+    logging.info("Search on %s: %d train / %d val examples, supernet %d cells × %d channels, %s weights, "
+                 "%d α; %s order, λ=%g τ=%g μ=%g; %d steps of batch %d on %d devices.",
+                 info.name, len(train_half), len(val_half), s.layers, s.channels,
+                 f"{train.param_count(state.params):,}", search.num_arch_params(state.arch), hp.order, hp.lam,
+                 hp.temperature, hp.mu, num_steps, s.batch_size, mesh.size)
+
+    checkpointer = train.Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)
+    writer = MetricWriter(workdir)
+    first_step = 0
+    if checkpointer.latest_step() is not None:
+        state = checkpointer.restore(state, iterator)
+        first_step = int(jax.device_get(state.step))
+        writer.truncate(first_step)
+        logging.info("Resuming at step %d of %d.", first_step, num_steps)
+    history_path = os.path.join(workdir, "alpha_history.json")
+    history = [h for h in (json.load(open(history_path)) if os.path.exists(history_path) else [])
+               if h["epoch"] * steps_per_epoch <= first_step]
+    progress = Progress(num_steps, s.batch_size, first_step, name="search")
+    keys = ("image", "label", "val_image", "val_label")
+    pending, last = [], {}
+    val_eval = {}
+    for step in range(first_step + 1, num_steps + 1):
+        state, metrics = step_fn(state, train.shard_batch(next(iterator), mesh, keys))
+        pending.append(metrics)
+        if step % config.train.log_every == 0 or step % steps_per_epoch == 0:
+            last = mean_metrics(pending)
+            pending = []
+            throughput = progress.log(step, last)
+            writer.write(step, last | {"examples_per_second": throughput}, "train")
+        if step % steps_per_epoch == 0:
+            epoch = step // steps_per_epoch
+            batches = data.eval_batches(val_half, batch_size=config.train.eval_batch_size,
+                                        preprocess_config=preprocess, process_index=jax.process_index(),
+                                        process_count=jax.process_count())
+            val_eval = train.evaluate(eval_step, state, batches, mesh)
+            writer.write(step, val_eval, "val")
+            arch = jax.device_get(state.arch)
+            genotype = genotypes.derive(arch, max_skip=s.max_skip, cap_cells=tuple(s.cap_cells))
+            snapshot = genotypes.alpha_snapshot(arch) | {
+                "epoch": epoch, "step": step, "genotype": genotype.to_dict(),
+                "op_histogram": genotypes.op_histogram(genotype), "val": val_eval,
+                "complexity": float(complexity(arch))}
+            history.append(snapshot)
+            if lead:
+                files.atomic_write_json(os.path.join(workdir, "alphas", f"epoch_{epoch:03d}.json"), snapshot)
+                files.atomic_write_json(history_path, history)
+                plot_alpha_history(history, os.path.join(workdir, "alphas.png"))
+            logging.info("epoch %d | val accuracy %.4f | complexity %.4f | genotype normal %s | reduce %s",
+                         epoch, val_eval["accuracy"], snapshot["complexity"], list(genotype.normal),
+                         list(genotype.reduce))
+        if step % config.train.checkpoint_every == 0 or step % steps_per_epoch == 0:
+            checkpointer.save(step, state, iterator)
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
+
+    arch = jax.device_get(state.arch)
+    genotype = genotypes.derive(arch, max_skip=s.max_skip, cap_cells=tuple(s.cap_cells))
+    genotype = genotypes.Genotype(genotype.normal, genotype.normal_concat, genotype.reduce, genotype.reduce_concat,
+                                  {"name": os.path.basename(os.path.normpath(workdir)), "seed": config.seed,
+                                   "lam": hp.lam, "mu": hp.mu, "order": hp.order})
+    r = config.retrain
+    summary = {
+        "mode": "search", "dataset": info.name, "train_half": len(train_half), "val_half": len(val_half),
+        "steps": num_steps, "resumed_from_step": first_step, "order": hp.order, "lam": hp.lam, "mu": hp.mu,
+        "temperature": hp.temperature, "genotype": genotype.to_dict(),
+        "op_histogram": genotypes.op_histogram(genotype),
+        "derived_params": network.genotype_param_count(genotype, info.num_classes, r.channels, r.layers,
+                                                       sample_shape),
+        "derived_params_at": {"channels": r.channels, "layers": r.layers},
+        "complexity": float(complexity(arch)), "expected_cell_params": complexity.expected_params(arch),
+        "val": val_eval, "train": last, "devices": mesh.size,
+        "total_wall_time_s": time.perf_counter() - start,
+    }
+    if lead:
+        genotypes.save(genotype, os.path.join(workdir, "genotype.json"))
+        files.atomic_write_json(os.path.join(workdir, "summary.json"), summary)
+    logging.info("Search done: %s; derived network %s params (%d cells, %d channels).",
+                 genotypes.op_histogram(genotype), f"{summary['derived_params']:,}", r.layers, r.channels)
+    return summary
+
+
+# --- retrain -------------------------------------------------------------------------------
+
+
+def load_genotype(spec: str) -> genotypes.Genotype:
+    """A genotype JSON path, or a search workdir holding ``genotype.json``."""
+    path = os.path.join(spec, "genotype.json") if os.path.isdir(spec) else spec
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No genotype at {path}; pass a genotype JSON or a finished search workdir.")
+    return genotypes.load(path)
+
+
+def retrain_step(state, batch, *, aux_weight: float):
+    def loss_fn(params):
+        (logits, aux), updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True,
+            rngs=state.step_rng("dropout"), mutable=["batch_stats"])
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        if aux is not None and aux_weight:
+            loss = loss + aux_weight * optax.softmax_cross_entropy_with_integer_labels(aux, batch["label"]).mean()
+        return loss, (logits, updates)
+
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+    return state, {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+                   "grad_norm": optax.tree.norm(grads)}
+
+
+def retrain_eval_step(state, batch):
+    logits, _ = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, batch["image"],
+                               train=False)
+    mask = batch["mask"]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    correct = jnp.argmax(logits, -1) == batch["label"]
+    return {"loss": jnp.sum(loss * mask), "accuracy": jnp.sum(correct * mask), "count": jnp.sum(mask)}
+
+
+def retrain(config, workdir: str) -> dict:
+    """Trains the network of ``config.retrain.genotype`` from scratch and evaluates it."""
+    start = time.perf_counter()
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        files.atomic_write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    r = config.retrain
+    genotype = load_genotype(r.genotype)
+    mesh = train.make_mesh(config.mesh.num_devices)
+    train_source = data.take(data.get_source(config.data.name, config.data.train_split,
+                                             data_dir=config.data.data_dir), r.num_train_examples)
+    eval_source = data.take(data.get_source(config.data.name, config.data.eval_split,
+                                            data_dir=config.data.data_dir), r.num_eval_examples)
+    info = train_source.info
+    preprocess = _preprocess(config)
+    num_steps = max(1, math.ceil(r.epochs * len(train_source) / r.batch_size))
+    train_iter = data.train_iterator(
+        train_source, batch_size=r.batch_size, num_steps=num_steps, seed=config.seed,
+        augment_config=data.AugmentConfig(config.data.augment, config.data.crop_padding),
+        preprocess_config=preprocess, process_index=jax.process_index(), process_count=jax.process_count(),
+        worker_count=config.data.worker_count)
+    model = network.GenotypeNetwork(genotype, info.num_classes, r.channels, r.layers, auxiliary=r.auxiliary,
+                                    drop_path_prob=r.drop_path_prob, impl=config.search.impl)
+    schedule = optax.cosine_decay_schedule(r.learning_rate, num_steps)
+    tx = optax.chain(optax.clip_by_global_norm(r.grad_clip), optax.add_decayed_weights(r.weight_decay),
+                     optax.sgd(schedule, momentum=r.momentum))
+    sample = jnp.zeros((1, *preprocess.output_shape(info.image_shape)), jnp.float32)
+    state = jax.jit(functools.partial(train.create_train_state, model, tx, seed=config.seed, train=False),
+                    out_shardings=train.replicated(mesh))(sample)
+    num_params = network.param_count(state.params)
+    logging.info("Retrain %s: %s params (auxiliary head excluded), %d steps of batch %d.",
+                 genotype.meta.get("name", r.genotype), f"{num_params:,}", num_steps, r.batch_size)
+    step = train.jit_train_step(functools.partial(retrain_step, aux_weight=r.aux_weight), mesh)
+    eval_step = train.jit_eval_step(retrain_eval_step, mesh)
+
+    def eval_fn(state):
+        batches = data.eval_batches(eval_source, batch_size=config.train.eval_batch_size,
+                                    preprocess_config=preprocess, process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+        return train.evaluate(eval_step, state, batches, mesh)
+
+    loop = train.LoopConfig(num_steps=num_steps, batch_size=r.batch_size, log_every=config.train.log_every,
+                            checkpoint_every=config.train.checkpoint_every, eval_every=None,
+                            keep_checkpoints=config.train.keep_checkpoints)
+    state, summary = train.fit(state=state, train_step=step, train_iter=train_iter, mesh=mesh, workdir=workdir,
+                               config=loop, eval_fn=eval_fn)
+    summary |= {"mode": "retrain", "genotype": genotype.to_dict(), "op_histogram": genotypes.op_histogram(genotype),
+                "num_params": num_params, "dataset": info.name, "total_wall_time_s": time.perf_counter() - start}
+    if jax.process_index() == 0:
+        files.atomic_write_json(os.path.join(workdir, "summary.json"), summary)
+    logging.info("Retrain done: test accuracy %.4f, %s params.", summary["eval"].get("accuracy", float("nan")),
+                 f"{num_params:,}")
+    return summary
