@@ -377,7 +377,10 @@ def _random_variables(module, seed=0):
 
 
 def test_jit_grad_and_train_mode_randomness():
-    module = _tiny(depth_coefficient=0.1, dropout_rate=0.1)  # 7 blocks: the cheapest to compile
+    # 7 blocks: the cheapest to compile.  The grouped-conv depthwise path: on CPU the default
+    # shifted-taps gradient takes about twice as long to compile, and tests/test_layers.py
+    # checks that both give the same values and gradients (test_tinyvit trains through the taps).
+    module = _tiny(depth_coefficient=0.1, dropout_rate=0.1, depthwise_impl="lax")
     variables = _random_variables(module)
     x = jax.random.uniform(jax.random.key(0), (4, 32, 32, 3), minval=-1.0, maxval=1.0)
 
@@ -468,3 +471,183 @@ def test_preprocess_range_shapes_and_dtypes():
     framed = np.zeros((256, 256, 3), np.uint8)
     framed[:16], framed[-16:], framed[:, :16], framed[:, -16:] = 255, 255, 255, 255
     np.testing.assert_allclose(efficientnet_preprocess(framed), -127.0 / 128.0, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- EfficientNet B0 … B7
+
+# Architecture tables written out by hand (after width/depth scaling), from Tan & Le (2019)
+# Table 1 and the Keras / torchvision B0 and B3 definitions: stem width, head width and per
+# stage (repeats, kernel, expand ratio, output width); strides do not change counts.
+B0_TABLE = (32, 1280, ((1, 3, 1, 16), (2, 3, 6, 24), (2, 5, 6, 40), (3, 3, 6, 80), (3, 5, 6, 112),
+                       (4, 5, 6, 192), (1, 3, 6, 320)))
+B3_TABLE = (40, 1536, ((2, 3, 1, 24), (3, 3, 6, 32), (3, 5, 6, 48), (5, 3, 6, 96), (5, 5, 6, 136),
+                       (6, 5, 6, 232), (2, 3, 6, 384)))
+# EFFICIENTNET_SMALL_INPUT: B0 at width 0.5 (8, 16, 24, 40, 56, 96, 160; stem 16, head 640), depth 0.5.
+SMALL_TABLE = (16, 640, ((1, 3, 1, 8), (1, 3, 6, 16), (1, 5, 6, 24), (2, 3, 6, 40), (2, 5, 6, 56),
+                         (2, 5, 6, 96), (1, 3, 6, 160)))
+KERAS_NORMALIZATION = 7  # Keras's Normalization layer: mean (3), variance (3), count.
+
+
+def _hand_count(table, in_channels=3, se_ratio=0.25):
+    """(trainable parameters, BN moving statistics) of the trunk described by ``table``."""
+    stem, head, stages = table
+    trainable = 9 * in_channels * stem + 2 * stem
+    stats = 2 * stem
+    channels = stem
+    for repeats, kernel, expand, out in stages:
+        for _ in range(repeats):
+            hidden = channels * expand
+            squeezed = max(1, int(channels * se_ratio))
+            if expand != 1:
+                trainable += channels * hidden + 2 * hidden
+                stats += 2 * hidden
+            trainable += kernel * kernel * hidden + 2 * hidden  # depthwise + BN
+            stats += 2 * hidden
+            trainable += hidden * squeezed + squeezed + squeezed * hidden + hidden  # SE convs with biases
+            trainable += hidden * out + 2 * out  # project + BN
+            stats += 2 * out
+            channels = out
+    trainable += channels * head + 2 * head
+    stats += 2 * head
+    return trainable, stats
+
+
+def _dense(n_in, n_out):
+    return n_in * n_out + n_out
+
+
+def _variable_counts(module, side=64, channels=3):
+    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, side, side, channels)), train=False))
+    return param_count(shapes["params"]), param_count(shapes["batch_stats"])
+
+
+def test_b_series_parameter_counts_by_hand():
+    from rkdsc_jax.models.efficientnet import EFF_TOSC, EFF_TOSC_PAPER_PARAMS, EfficientNetB
+
+    b0_trunk, b0_stats = _hand_count(B0_TABLE)
+    # Published counts: torchvision efficientnet_b0 (params) and Keras EfficientNetB0 (count_params());
+    # test_b0_parity_with_package checks our B0 module against the package's.
+    assert b0_trunk + _dense(1280, 1000) == 5_288_548
+    assert b0_trunk + b0_stats + KERAS_NORMALIZATION + _dense(1280, 1000) == 5_330_571
+
+    b3_trunk, b3_stats = _hand_count(B3_TABLE)
+    assert b3_trunk + _dense(1536, 1000) == 12_233_232  # torchvision efficientnet_b3
+    assert b3_trunk + b3_stats + KERAS_NORMALIZATION + _dense(1536, 1000) == 12_320_535  # Keras EfficientNetB3
+    # Eff-TOSC: B3 + paper B's decoder Dense(512) → ReLU → Dense(1000).
+    params, stats = _variable_counts(EfficientNetB(1000, **EFF_TOSC))
+    decoder = _dense(1536, 512) + _dense(512, 1000)
+    assert (params, stats) == (b3_trunk + decoder, b3_stats)
+    keras = params + stats + KERAS_NORMALIZATION
+    print(f"\nEff-TOSC: {params:,} trainable ({params / EFF_TOSC_PAPER_PARAMS - 1:+.2%}), {keras:,} counted as Keras "
+          f"({keras / EFF_TOSC_PAPER_PARAMS - 1:+.2%}); paper B: {EFF_TOSC_PAPER_PARAMS:,}")
+    assert (params, keras) == (11_996_176, 12_083_479)
+    for count in (params, keras):
+        assert abs(count / EFF_TOSC_PAPER_PARAMS - 1) < 0.02
+
+
+def _small(**overrides):
+    from rkdsc_jax.models.efficientnet import EFFICIENTNET_SMALL_INPUT, EfficientNetB
+
+    return EfficientNetB(10, **{**EFFICIENTNET_SMALL_INPUT, "decoder_hidden": 64, **overrides})
+
+
+def test_b_series_shapes_at_224_px(lite0_shapes):
+    from rkdsc_jax.models.efficientnet import EFF_TOSC, EfficientNetB, EfficientNetEncoder
+
+    x = jnp.zeros((2, 224, 224, 3))
+    key = jax.random.key(0)
+    (logits, feats), _ = jax.eval_shape(lambda: EfficientNetB(1000, **EFF_TOSC).init_with_output(
+        key, x, train=False, output="logits_and_features"))
+    assert (logits.shape, feats.shape) == ((2, 1000), (2, 1536))
+    fmap, _ = jax.eval_shape(lambda: EfficientNetB(1000, "b0", image_size=224).init_with_output(  # static padding
+        key, x, train=False, output="feature_map"))
+    assert fmap.shape == (2, 7, 7, 1280)
+    # The Lite0 trunk as an encoder: the pretrained variables without the classifier.
+    encoder = expected_shapes(EfficientNetEncoder("lite0", image_size=224))
+    assert encoder == {k: v for k, v in lite0_shapes.items() if not k.startswith("params/fc/")}
+
+
+def _random_like(shapes, seed=0):
+    """Random variables of the given shapes, without compiling ``init`` (slow on CPU)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, s: jnp.asarray(rng.uniform(0.5, 1.5, s.shape) if path[-1].key == "var"
+                                    else rng.normal(0.0, 0.3, s.shape), jnp.float32), shapes)
+
+
+def test_b_series_small_input_train_mode():
+    """28 px through the small variant: parameter counts, the encoder's variables and map, and
+    a train-mode forward: BN statistics update, drop connect acts per sample (head dropout off)."""
+    from rkdsc_jax.models import get_classifier
+    from rkdsc_jax.models.efficientnet import EFFICIENTNET_SMALL_INPUT, EfficientNetEncoder, feature_encoder
+
+    module = _small(dropout_rate=0.0, drop_path_rate=0.5)
+    assert get_classifier("efficientnet_b", 10, **EFFICIENTNET_SMALL_INPUT, decoder_hidden=64) == _small()
+    x = jax.random.uniform(jax.random.key(0), (4, 28, 28, 1))
+    shapes = jax.eval_shape(lambda: module.init(jax.random.key(1), x, train=False))
+    trunk, stats = _hand_count(SMALL_TABLE, in_channels=1)
+    assert param_count(shapes["params"]) == trunk + _dense(640, 64) + _dense(64, 10)
+    assert param_count(shapes["batch_stats"]) == stats
+    encoder = feature_encoder(**EFFICIENTNET_SMALL_INPUT)
+    assert isinstance(encoder, EfficientNetEncoder)
+    encoder_shapes = jax.eval_shape(lambda: encoder.init(jax.random.key(1), x, train=False))
+    assert encoder_shapes == {"params": {k: v for k, v in shapes["params"].items() if k != "head"},
+                              "batch_stats": shapes["batch_stats"]}
+    assert jax.eval_shape(lambda v: encoder.apply(v, x, train=False), encoder_shapes).shape == (4, 1, 1, 640)
+    variables = _random_like(shapes)
+    same = jnp.repeat(x[:1], 8, axis=0)  # identical samples: only drop connect can tell them apart
+    train = jax.jit(lambda v: module.apply(v, same, train=True, mutable=["batch_stats"],
+                                           rngs={"dropout": jax.random.key(2)}))
+    logits, updates = train(variables)
+    chex.assert_shape(logits, (8, 10))
+    chex.assert_tree_all_finite((logits, updates))
+    assert len({tuple(np.round(row, 5)) for row in np.asarray(logits)}) > 1  # per-sample drop connect
+    new, old = updates["batch_stats"], variables["batch_stats"]
+    assert jax.tree.structure(new) == jax.tree.structure(old)
+    changed = jax.tree.map(lambda a, b: not np.allclose(a, b), new, old)
+    assert all(jax.tree.leaves(changed))  # every BN layer's running mean and variance moved
+
+
+def test_b0_parity_with_package(torch_packages):
+    """B0 with random weights and BN statistics: the package's ``from_name('efficientnet-b0')``
+    (lukemelas' EfficientNet-PyTorch architecture: swish, SE) against ours, eval mode,
+    dynamic 'SAME' padding at 50 px (odd feature-map sides on the way)."""
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from rkdsc_jax.models.efficientnet import EfficientNetB
+
+    torch.manual_seed(0)
+    t_model = EfficientNet.from_name("efficientnet-b0", image_size=None).eval()
+    t_model.set_swish(memory_efficient=False)
+    with torch.no_grad():
+        for name, buffer in t_model.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.normal_(0.0, 0.1)
+            elif name.endswith("running_var"):
+                buffer.uniform_(0.5, 1.5)
+        for name, p in t_model.named_parameters():
+            if "_bn" in name:
+                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
+    module = EfficientNetB(1000, "b0")
+    variables = state_dict_to_variables(t_model.state_dict(), module)
+    assert param_count(variables["params"]) == sum(p.numel() for p in t_model.parameters())
+    x = np.random.default_rng(3).uniform(-1.0, 1.0, (2, 50, 50, 3)).astype(np.float32)
+    with torch.no_grad():
+        t_logits = t_model(_nchw(x)).numpy()
+    logits, _ = _eval(module, variables, jnp.asarray(x))
+    err = float(np.abs(np.asarray(logits) - t_logits).max())
+    print(f"\nB0: max |Δlogits| = {err:.3g} (max |logit| {np.abs(t_logits).max():.3g})")
+    np.testing.assert_allclose(np.asarray(logits), t_logits, atol=LOGIT_ATOL * max(1.0, np.abs(t_logits).max()), rtol=0)
+
+
+def test_unknown_b_variant_is_named():
+    from rkdsc_jax.models.efficientnet import EfficientNetB, feature_encoder
+
+    with pytest.raises(ValueError, match="b9"):
+        jax.eval_shape(lambda: EfficientNetB(10, "b9").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+    with pytest.raises(ValueError, match="lite0"):  # the Lite family has its own classifier
+        jax.eval_shape(lambda: EfficientNetB(10, "lite0").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                                               train=False))
+    with pytest.raises(ValueError, match="b9"):
+        feature_encoder("b9")

@@ -45,7 +45,7 @@ def test_small_input_variant_trains_on_28px():
     model = tinyvit.TinyViTClassifier(10, tinyvit.TinyViTEncoder(**tinyvit.TINYVIT_SMALL_INPUT, drop_path_rate=0.1),
                                       decoder_hidden=64)
     x = jax.random.normal(jax.random.key(1), (2, 28, 28, 1))
-    variables = model.init(jax.random.key(2), x, train=False)
+    variables = jax.jit(lambda x: model.init(jax.random.key(2), x, train=False))(x)  # eager init: 2x slower
     logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
     chex.assert_shape(logits, (2, 10))
 
@@ -57,3 +57,8 @@ def test_small_input_variant_trains_on_28px():
     grads = jax.jit(jax.grad(loss))(variables["params"])
     chex.assert_tree_all_finite(grads)
     assert param_count(variables["params"]) < 1_000_000
+    # Depthwise convs keep nn.Conv's variable layout (kh, kw, 1, C) under the same names.
+    encoder = variables["params"]["encoder"]
+    assert encoder["stage0_block0"]["depthwise"]["conv"]["kernel"].shape == (3, 3, 1, 128)
+    assert encoder["stage1_merge"]["conv2"]["conv"]["kernel"].shape == (3, 3, 1, 64)
+    assert encoder["stage2_block1"]["local_conv"]["conv"]["kernel"].shape == (3, 3, 1, 128)

@@ -15,7 +15,15 @@ from rkdsc_jax.models.codecs import (
     symbol_mask,
 )
 from rkdsc_jax.models.convert import load_efficientnet_lite0
-from rkdsc_jax.models.efficientnet import EfficientNetLite, efficientnet_lite, efficientnet_preprocess
+from rkdsc_jax.models.efficientnet import (
+    EFF_TOSC,
+    EFFICIENTNET_SMALL_INPUT,
+    EfficientNetB,
+    EfficientNetEncoder,
+    EfficientNetLite,
+    efficientnet_lite,
+    efficientnet_preprocess,
+)
 from rkdsc_jax.models.hf_vision import (
     CLIPImageEncoder,
     CLIPModel,
@@ -32,6 +40,7 @@ _CLASSIFIERS = {
     "tinyvit": TinyViTClassifier,
     "resnet": ResNetClassifier,
     "efficientnet_lite": EfficientNetLite,
+    "efficientnet_b": EfficientNetB,  # e.g. variant="b3", decoder_hidden=512 (Eff-TOSC), image_size=None
 }
 
 

@@ -5,6 +5,8 @@ Paper B (SPEC §3.1) describes its ~11.0M-parameter student as a patch embedding
 TinyViT (Wu et al., 2022; microsoft/Cream): stage 1 of MBConv blocks, stages 2–4 of
 windowed attention blocks with learned relative-position biases and a depthwise 3×3
 "local conv" between attention and MLP, patch merging between stages.  Images are NHWC.
+Its depthwise convolutions (MBConv, patch merging, local conv) use
+:class:`~rkdsc_jax.models.layers.DepthwiseConv`.
 """
 
 from __future__ import annotations
@@ -17,22 +19,34 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rkdsc_jax.models.layers import DepthwiseConv
+
 
 class ConvNorm(nn.Module):
-    """Conv (no bias) + BatchNorm."""
+    """Conv (no bias) + BatchNorm.
+
+    A depthwise conv (``groups == features ==`` input channels) runs as
+    :class:`~rkdsc_jax.models.layers.DepthwiseConv` (same ``conv/kernel`` (k, k, 1, C) as
+    ``nn.Conv(..., feature_group_count=C)``, much faster on XLA CPU).
+    """
 
     features: int
     kernel: int = 1
     stride: int = 1
     groups: int = 1
     bn_scale_init: float = 1.0
+    depthwise_impl: str = "auto"  # DepthwiseConv's impl: 'auto' | 'taps' | 'lax'
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         pad = self.kernel // 2
-        x = nn.Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
-                    padding=((pad, pad), (pad, pad)), feature_group_count=self.groups,
-                    use_bias=False, name="conv")(x)
+        if self.groups > 1 and self.groups == self.features == x.shape[-1]:
+            x = DepthwiseConv(self.kernel, strides=self.stride, padding=((pad, pad), (pad, pad)), use_bias=False,
+                              impl=self.depthwise_impl, name="conv")(x)
+        else:
+            x = nn.Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
+                        padding=((pad, pad), (pad, pad)), feature_group_count=self.groups,
+                        use_bias=False, name="conv")(x)
         return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                             scale_init=nn.initializers.constant(self.bn_scale_init), name="bn")(x)
 
@@ -41,13 +55,15 @@ class MBConv(nn.Module):
     """Inverted residual: 1×1 expand, depthwise 3×3, 1×1 project (zero-init BN), GELU."""
 
     expand_ratio: float = 4.0
+    depthwise_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         dim = x.shape[-1]
         hidden = int(dim * self.expand_ratio)
         h = nn.gelu(ConvNorm(hidden, name="expand")(x, train=train), approximate=False)
-        h = nn.gelu(ConvNorm(hidden, 3, groups=hidden, name="depthwise")(h, train=train), approximate=False)
+        h = ConvNorm(hidden, 3, groups=hidden, depthwise_impl=self.depthwise_impl, name="depthwise")(h, train=train)
+        h = nn.gelu(h, approximate=False)
         h = ConvNorm(dim, bn_scale_init=0.0, name="project")(h, train=train)
         return nn.gelu(x + h, approximate=False)
 
@@ -56,11 +72,13 @@ class PatchMerging(nn.Module):
     """Halves the resolution: 1×1 conv, depthwise 3×3 stride 2, 1×1 conv."""
 
     features: int
+    depthwise_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x, *, train: bool):
         x = nn.gelu(ConvNorm(self.features, name="conv1")(x, train=train), approximate=False)
-        x = nn.gelu(ConvNorm(self.features, 3, 2, groups=self.features, name="conv2")(x, train=train),
+        x = nn.gelu(ConvNorm(self.features, 3, 2, groups=self.features, depthwise_impl=self.depthwise_impl,
+                             name="conv2")(x, train=train),
                     approximate=False)
         return ConvNorm(self.features, name="conv3")(x, train=train)
 
@@ -103,6 +121,7 @@ class TinyViTBlock(nn.Module):
     window: int
     mlp_ratio: float = 4.0
     drop_path: float = 0.0
+    depthwise_impl: str = "auto"
 
     def _drop_path(self, x, train: bool):
         if not train or self.drop_path == 0.0:
@@ -123,7 +142,7 @@ class TinyViTBlock(nn.Module):
         attended = attended.reshape(b, nh, nw, ws, ws, c).transpose(0, 1, 3, 2, 4, 5)
         attended = attended.reshape(b, nh * ws, nw * ws, c)[:, :h, :w]
         x = x + self._drop_path(attended, train)
-        x = ConvNorm(c, 3, groups=c, name="local_conv")(x, train=train)
+        x = ConvNorm(c, 3, groups=c, depthwise_impl=self.depthwise_impl, name="local_conv")(x, train=train)
         y = nn.LayerNorm(name="mlp_norm")(x)
         y = nn.Dense(int(c * self.mlp_ratio), name="fc1")(y)
         y = nn.Dense(c, name="fc2")(nn.gelu(y, approximate=False))
@@ -146,6 +165,7 @@ class TinyViTEncoder(nn.Module):
     mlp_ratio: float = 4.0
     mbconv_expand_ratio: float = 4.0
     drop_path_rate: float = 0.0
+    depthwise_impl: str = "auto"  # see rkdsc_jax.models.layers; the variables do not depend on it
 
     @nn.compact
     def __call__(self, x, *, train: bool):
@@ -156,12 +176,12 @@ class TinyViTEncoder(nn.Module):
         for stage, (dim, depth) in enumerate(zip(self.dims, self.depths)):
             if stage == 0:
                 for i in range(depth):
-                    x = MBConv(self.mbconv_expand_ratio, name=f"stage0_block{i}")(x, train=train)
+                    x = MBConv(self.mbconv_expand_ratio, self.depthwise_impl, name=f"stage0_block{i}")(x, train=train)
             else:
-                x = PatchMerging(dim, name=f"stage{stage}_merge")(x, train=train)
+                x = PatchMerging(dim, self.depthwise_impl, name=f"stage{stage}_merge")(x, train=train)
                 for i in range(depth):
-                    x = TinyViTBlock(self.num_heads[stage], self.windows[stage], self.mlp_ratio,
-                                     rates[block + i], name=f"stage{stage}_block{i}")(x, train=train)
+                    x = TinyViTBlock(self.num_heads[stage], self.windows[stage], self.mlp_ratio, rates[block + i],
+                                     self.depthwise_impl, name=f"stage{stage}_block{i}")(x, train=train)
             block += depth
         return x
 
