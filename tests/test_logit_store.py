@@ -371,3 +371,21 @@ def test_store_summary_byte_counts(built):
     assert summary["full_logits_over_store"] == pytest.approx(7200 / on_disk)
     assert summary["augmented_images_over_store"] == pytest.approx(9600 / on_disk)
     assert summary["store_over_raw_dataset"] == pytest.approx(on_disk / 3200)
+
+
+def test_distill_iterator_on_a_subset_reads_the_parents_records(built):
+    directory, _, _ = built
+    src, store = _source(), ls.LogitStore.open(str(directory))
+    rows = np.array([1, 4, 5, 9, 12, 20, 33, 40])
+    subset = data.SubsetSource(src, rows, "train")
+    for batch in ls.distill_iterator(subset, store, batch_size=4, num_steps=4, seed=0):
+        assert set(batch["index"]) <= set(rows)  # Indices of the full dataset.
+        want = store.lookup(batch["index"], batch["epoch"])
+        np.testing.assert_array_equal(batch["teacher_probs"], want["probs"])
+        np.testing.assert_array_equal(batch["label"], src.labels[batch["index"]])
+        view = data.augment_batch(src.images[batch["index"]], want["aug_seed"], AUG)
+        np.testing.assert_allclose(batch["image"], view.astype(np.float32) / 255.0)
+    # A subset of another dataset is still refused.
+    other = data.SubsetSource(_source(seed=1), rows, "train")
+    with pytest.raises(ValueError, match="dataset"):
+        ls.distill_iterator(other, store, batch_size=4, num_steps=1, seed=0)

@@ -98,7 +98,9 @@ def _reference_cell(cell_params, cell_stats, s0, s1, weights, spec, steps, primi
     return jnp.concatenate(states[-4:], axis=-1)
 
 
-@pytest.mark.parametrize("reduction", [pytest.param(False, marks=pytest.mark.slow), True])
+# slow: minutes of XLA CPU compilation (issue 5 notes); run with -m slow.
+@pytest.mark.parametrize("reduction", [pytest.param(False, marks=pytest.mark.slow),
+                                       pytest.param(True, marks=pytest.mark.slow)])
 def test_grouped_cell_equals_per_edge_darts_cell(reduction):
     """Sources 0, 1 at stride 2 and sources 2–4 at stride 1 (reduction cell) cover every op."""
     spec = search_space.CellSpec(0, reduction, False, 4, 6, 6)
