@@ -109,7 +109,7 @@ def precompute_logits(config: ml_collections.ConfigDict, workdir: str) -> dict:
     teacher = teacher_lib.load_teacher(config, _class_names(source), workdir)
     directory = store_dir(config, workdir)
     start = time.perf_counter()
-    manifest = logit_store.precompute_logits(
+    logit_store.precompute_logits(
         teacher.logits, source, directory, teacher_identity=teacher.identity(),
         num_epochs=config.store.num_epochs, top_k=config.store.top_k, temperature=config.store.temperature,
         augment_config=_augment_config(config), seed=config.seed, batch_size=config.store.batch_size,
@@ -120,7 +120,6 @@ def precompute_logits(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _write_json(os.path.join(directory, "summary.json"), summary)
     logging.info("Logit store %s: %d records, %.1f MB.", directory, summary.get("records", -1),
                  store.nbytes() / 1e6)
-    del manifest
     return summary
 
 
@@ -203,10 +202,6 @@ class _Setup:
             self.store = logit_store.LogitStore.open(store_dir(config, workdir), top_k=config.store.top_k)
         if self.objective.targets == "online":
             self.teacher = teacher_lib.load_teacher(config, _class_names(self.train_source), workdir)
-        if self.store is not None:
-            # A fine-tuned teacher must be the one the store was made with.
-            if config.teacher.get("check_store_identity") and self.teacher is not None:
-                logit_store.LogitStore.open(store_dir(config, workdir), expect_teacher=self.teacher.identity())
 
     def train_iterator(self, num_steps: int | None = None, seed: int | None = None):
         num_steps = num_steps or self.num_steps

@@ -58,7 +58,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.teacher.image_size = 32
     config.teacher.cache_dir = _field(None, str)
     config.teacher.finetuned_dir = _field(None, str)  # Default: <workdir>/teacher/teacher.
-    config.teacher.check_store_identity = False
     config.teacher.finetune = ml_collections.ConfigDict()
     config.teacher.finetune.enabled = True
     config.teacher.finetune.num_epochs = 1.0
