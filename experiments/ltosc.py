@@ -511,10 +511,14 @@ def write_report(config, workdir: str) -> dict:
     if verify:
         results["store_verification"] = verify
         lines += ["## Store verification", "", "```", json.dumps(verify, indent=2), "```", ""]
-    claims = _claims(curves)
+    return finish_report(workdir, results, lines, _claims(curves), "Paper B")
+
+
+def finish_report(workdir: str, results: dict, lines: list[str], claims: list[dict], paper: str) -> dict:
+    """Appends the claims table, then writes ``results.json`` and ``report.md`` atomically."""
     if claims:
         results["claims"] = claims
-        lines += ["## Paper B's claims on this data", "", evaluation.markdown_table(
+        lines += [f"## {paper}'s claims on this data", "", evaluation.markdown_table(
             ["claim", "measured", "holds"], [[c["claim"], c["measured"], "yes" if c["holds"] else "no"]
                                               for c in claims]), ""]
     _write_json(os.path.join(workdir, "results.json"), results)

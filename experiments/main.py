@@ -39,6 +39,9 @@ MODES = {
     "ltosc_study": ("experiments.ltosc", "study"),
     "search": ("experiments.nas", "search"),
     "retrain": ("experiments.nas", "retrain"),
+    "rkd_stage1": ("experiments.rkdsc", "rkd_stage1"),
+    "rkd_stage2": ("experiments.rkdsc", "rkd_stage2"),
+    "rkdsc": ("experiments.rkdsc", "pipeline"),
 }
 
 

@@ -26,8 +26,10 @@ import numpy as np
 import optax
 from absl import logging
 
+from experiments import teacher as teacher_lib
 from rkdsc_jax import data, files, models, train
-from rkdsc_jax.nas import genotypes, network, search, search_space
+from rkdsc_jax.nas import genotypes, network, search_space
+from rkdsc_jax.nas import search as search_lib
 from rkdsc_jax.train.metrics import MetricWriter, Progress, mean_metrics
 
 
@@ -62,11 +64,26 @@ def _preprocess(config) -> data.PreprocessConfig:
     return data.PreprocessConfig(config.data.image_size, config.data.channels, config.data.normalization)
 
 
-def _teacher_fn(config, num_classes: int, sample_shape):
-    """images → logits of the frozen teacher (``config.teacher.kind``: none | classifier)."""
+def _teacher_fn(config, num_classes: int, sample_shape, class_names=(), workdir: str | None = None):
+    """images → logits of the frozen teacher.
+
+    ``config.teacher.kind``: ``classifier`` (a ``train_classifier`` checkpoint in
+    ``teacher.workdir``, same input normalisation as the supernet) or a pretrained teacher
+    of ``experiments.teacher`` (``efficientnet_lite0`` — fine-tuned when the config says so —,
+    ``clip``, ``vit``), which reads the supernet's normalised images mapped back to [0, 1].
+    """
     kind = config.teacher.kind
     if kind == "none":
         return None
+    if kind in teacher_lib.TEACHER_KINDS:
+        teacher = teacher_lib.load_teacher(config, class_names, workdir)
+        mean, std = (jnp.asarray(v, jnp.float32) for v in data.NORMALIZATIONS[config.data.normalization])
+
+        def logits(images):
+            features = teacher.feature_fn(teacher.variables, teacher.preprocess(images * std + mean))
+            return teacher.head_fn(teacher.head_params, features)
+
+        return logits
     if kind == "classifier":
         model = models.classifier_from_config(config.teacher.model, num_classes)
         abstract = jax.eval_shape(functools.partial(
@@ -81,13 +98,14 @@ def _teacher_fn(config, num_classes: int, sample_shape):
         return lambda x: model.apply(variables, x, train=False)
     if kind == "store":
         raise ValueError("teacher.kind='store' (FDM logit store) is not wired into the search yet; use "
-                         "'classifier' or 'none'.")
-    raise ValueError(f"Unknown teacher.kind {kind!r}; use 'none', 'classifier' or 'store'.")
+                         "'classifier', a pretrained teacher or 'none'.")
+    raise ValueError(f"Unknown teacher.kind {kind!r}; use 'none', 'classifier' or one of "
+                     f"{teacher_lib.TEACHER_KINDS}.")
 
 
-def _hparams(config) -> search.SearchHParams:
+def _hparams(config) -> search_lib.SearchHParams:
     s = config.search
-    return search.SearchHParams(order=s.order, second_order_method=s.second_order_method, lam=s.lam,
+    return search_lib.SearchHParams(order=s.order, second_order_method=s.second_order_method, lam=s.lam,
                                 temperature=s.temperature, mu=s.mu, unroll_momentum=s.unroll_momentum)
 
 
@@ -147,21 +165,22 @@ def search(config, workdir: str) -> dict:
 
     model = search_space.SearchNetwork(info.num_classes, channels=s.channels, layers=s.layers, steps=s.steps,
                                        multiplier=s.steps, impl=s.impl)
-    schedule = search.epoch_cosine_schedule(s.w_lr, s.w_lr_min, s.epochs, steps_per_epoch)
-    w_tx = search.make_weight_optimizer(schedule, s.w_momentum, s.w_weight_decay, s.w_grad_clip)
-    a_tx = search.make_arch_optimizer(s.a_lr, s.a_b1, s.a_b2, s.a_weight_decay)
-    state = jax.jit(lambda x: search.create_search_state(model, w_tx, a_tx, x, config.seed),
+    schedule = search_lib.epoch_cosine_schedule(s.w_lr, s.w_lr_min, s.epochs, steps_per_epoch)
+    w_tx = search_lib.make_weight_optimizer(schedule, s.w_momentum, s.w_weight_decay, s.w_grad_clip)
+    a_tx = search_lib.make_arch_optimizer(s.a_lr, s.a_b1, s.a_b2, s.a_weight_decay)
+    state = jax.jit(lambda x: search_lib.create_search_state(model, w_tx, a_tx, x, config.seed),
                     out_shardings=train.replicated(mesh))(jnp.zeros((1, *sample_shape)))
-    complexity = search.Complexity.for_model(model, s.count_bn_affine)
+    complexity = search_lib.Complexity.for_model(model, s.count_bn_affine)
     hp = _hparams(config)
-    teacher_fn = _teacher_fn(config, info.num_classes, sample_shape) if hp.lam > 0 else None
+    class_names = info.class_names or tuple(str(i) for i in range(info.num_classes))
+    teacher_fn = _teacher_fn(config, info.num_classes, sample_shape, class_names, workdir) if hp.lam > 0 else None
     step_fn = train.jit_train_step(functools.partial(
-        search.search_step, hp=hp, complexity=complexity, lr_schedule=schedule, teacher_fn=teacher_fn), mesh)
-    eval_step = train.jit_eval_step(search.eval_step, mesh)
+        search_lib.search_step, hp=hp, complexity=complexity, lr_schedule=schedule, teacher_fn=teacher_fn), mesh)
+    eval_step = train.jit_eval_step(search_lib.eval_step, mesh)
     logging.info("Search on %s: %d train / %d val examples, supernet %d cells × %d channels, %s weights, "
                  "%d α; %s order, λ=%g τ=%g μ=%g; %d steps of batch %d on %d devices.",
                  info.name, len(train_half), len(val_half), s.layers, s.channels,
-                 f"{train.param_count(state.params):,}", search.num_arch_params(state.arch), hp.order, hp.lam,
+                 f"{train.param_count(state.params):,}", search_lib.num_arch_params(state.arch), hp.order, hp.lam,
                  hp.temperature, hp.mu, num_steps, s.batch_size, mesh.size)
 
     checkpointer = train.Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)

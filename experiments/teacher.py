@@ -24,6 +24,9 @@ from absl import logging
 from rkdsc_jax import data, files, teachers, train
 
 
+TEACHER_KINDS = ("efficientnet_lite0", "clip", "vit")
+
+
 def source_from_config(config, split: str, num_examples=None):
     """``config.data``'s dataset: name, data_dir, optional ``resize_to`` (TFDS), first N examples."""
     kwargs = {"resize_to": config.data.resize_to} if config.data.get("resize_to") else {}
@@ -50,7 +53,7 @@ def pretrained_teacher(config, class_names=()) -> teachers.Teacher:
     elif kind == "vit":
         teacher = teachers.vit_teacher(config.teacher.hub_id)
     else:
-        raise ValueError(f"Unknown teacher kind {kind!r}; use efficientnet_lite0, clip or vit.")
+        raise ValueError(f"Unknown teacher kind {kind!r}; use one of {TEACHER_KINDS}.")
     return _with_image_size(teacher, config.teacher.get("image_size"))
 
 

@@ -241,3 +241,53 @@ def test_resize_center_crop_keeps_the_centre_of_the_longer_side():
     # The shorter side is already 4: no resampling, only the central 4 columns remain.
     np.testing.assert_array_equal(resize_center_crop(image, 4), image[:, 2:6])
     assert resize_center_crop(np.zeros((30, 20, 3), np.uint8), 10).shape == (10, 10, 3)
+
+
+def _write_tiny_imagenet(root, rng):
+    """A Tiny-ImageNet tree as unpacked from tiny-imagenet-200.zip, 3 classes, 8×8 RGB."""
+    from PIL import Image
+
+    wnids = ["n01443537", "n01629819", "n01641577"]
+    (root / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    (root / "words.txt").write_text("n01443537\tgoldfish, Carassius auratus\nn01629819\tEuropean fire salamander\n"
+                                    "n01641577\tbullfrog, Rana catesbeiana\nn00000001\tunused\n")
+    pixels = {}
+    for c, wnid in enumerate(wnids):
+        folder = root / "train" / wnid / "images"
+        folder.mkdir(parents=True)
+        for i in range(2):
+            array = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(array).save(folder / f"{wnid}_{i}.png")
+            pixels[(wnid, i)] = array
+    (root / "val" / "images").mkdir(parents=True)
+    rows = []
+    for i, wnid in enumerate(["n01641577", "n01443537"]):
+        Image.fromarray(np.full((8, 8, 3), 10 * i, np.uint8)).save(root / "val" / "images" / f"val_{i}.png")
+        rows.append(f"val_{i}.png\t{wnid}\t0\t0\t8\t8")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(rows) + "\n")
+    return wnids, pixels
+
+
+def test_tiny_imagenet_folders_are_read_with_wnid_labels_and_names(tmp_path):
+    wnids, pixels = _write_tiny_imagenet(tmp_path, np.random.default_rng(0))
+    train = data.get_source("tiny_imagenet", "train", str(tmp_path))
+    assert train.info.num_classes == 3 and train.info.image_shape == (8, 8, 3) and len(train) == 6
+    assert train.info.class_names == ("goldfish", "European fire salamander", "bullfrog")
+    np.testing.assert_array_equal(train.labels, [0, 0, 1, 1, 2, 2])
+    np.testing.assert_array_equal(train.images[3], pixels[(wnids[1], 1)])  # PNG is lossless.
+    val = data.get_source("tiny_imagenet", "val", str(tmp_path))
+    np.testing.assert_array_equal(val.labels, [2, 0])  # From val_annotations.txt, in wnids.txt order.
+    assert int(val.images[1].max()) == 10
+
+
+def test_image_folder_errors_name_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--config.data.data_dir"):
+        data.get_source("tiny_imagenet", "train", None)
+    _write_tiny_imagenet(tmp_path, np.random.default_rng(0))
+    with pytest.raises(FileNotFoundError, match="split 'test' not found"):
+        data.get_source("tiny_imagenet", "test", str(tmp_path))
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "train" / "n01443537" / "images" / "odd.png")
+    with pytest.raises(ValueError, match="resize the folder's images"):
+        data.get_source("tiny_imagenet", "train", str(tmp_path))

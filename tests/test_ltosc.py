@@ -8,8 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import torch
-import transformers
 
 from experiments import ltosc
 from experiments.configs import ltosc_fmnist
@@ -115,17 +113,13 @@ def test_teacher_over_channel_recovers_clean_accuracy_at_high_snr():
     assert int(noisy["accuracy"]) < 16
 
 
-def _study_config(tmp_path):
-    torch.manual_seed(0)
-    vit = transformers.ViTConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4,
-                                 image_size=28, patch_size=7, num_labels=3)
-    transformers.ViTForImageClassification(vit).eval().save_pretrained(tmp_path / "vit")
+def _study_config(vit_dir):
     config = ltosc_fmnist.get_config()
     config.data.name = "synthetic"
     config.data.normalization = "unit"
     config.data.augment = "none"  # Random templates: shifted or flipped, they are other classes.
     config.teacher.kind = "vit"
-    config.teacher.hub_id = str(tmp_path / "vit")
+    config.teacher.hub_id = vit_dir
     config.teacher.image_size = None
     config.teacher.finetune.num_steps = 40
     config.teacher.finetune.batch_size = 32
@@ -159,8 +153,8 @@ def _study_config(tmp_path):
     return config
 
 
-def test_study_runs_every_stage_writes_the_report_and_resumes(tmp_path, monkeypatch):
-    config = _study_config(tmp_path)
+def test_study_runs_every_stage_writes_the_report_and_resumes(tmp_path, monkeypatch, tiny_vit_dir):
+    config = _study_config(tiny_vit_dir)
     workdir = str(tmp_path / "study")
     results = ltosc.study(config, workdir)
 

@@ -7,6 +7,7 @@ four-node cell is covered by shape-only tests and one step.
 
 import functools
 import json
+import os
 
 import chex
 import jax
@@ -341,3 +342,29 @@ def test_search_step_on_8_devices_equals_1_device():
     chex.assert_trees_all_close(results[0], results[1], atol=2e-5, rtol=2e-5)
     # α moved, weights moved.
     assert not np.allclose(results[0][1]["reduce"], _state(model, schedule).arch["reduce"])
+
+
+@pytest.mark.slow
+def test_search_and_retrain_modes_write_a_genotype_and_retrain_it(tmp_path):
+    """experiments.nas end to end: plain DARTS on synthetic data, then retraining its cell."""
+    from experiments import nas as nas_experiment
+    from experiments.configs import darts_fmnist
+
+    config = darts_fmnist.get_config("plain")
+    config.data.name, config.data.normalization, config.data.augment = "synthetic", "unit", "none"
+    config.data.num_train_examples = 128
+    s = config.search
+    s.layers, s.channels, s.batch_size, s.epochs, s.log_every, s.checkpoint_every = 3, 4, 32, 1, 1, 1
+    config.mesh.num_devices = 2
+    summary = nas_experiment.search(config, str(tmp_path / "search"))
+    assert summary["steps"] == 2 and summary["train_half"] == 64
+    genotype = genotypes.load(str(tmp_path / "search" / "genotype.json"))
+    assert genotype.to_dict()["normal"] == summary["genotype"]["normal"]
+    assert os.path.exists(tmp_path / "search" / "alphas" / "epoch_001.json")
+
+    r = config.retrain
+    r.genotype, r.layers, r.channels, r.epochs, r.batch_size = str(tmp_path / "search"), 3, 4, 1.0, 32
+    r.num_train_examples, r.num_eval_examples = 64, 64
+    retrained = nas_experiment.retrain(config, str(tmp_path / "retrain"))
+    assert retrained["num_params"] == network.genotype_param_count(genotype, 10, 4, 3, (28, 28, 1))
+    assert 0.0 <= retrained["eval"]["accuracy"] <= 1.0

@@ -21,6 +21,7 @@ from rkdsc_jax.data.sources import (
     TfdsSource,
     fashion_mnist,
     get_source,
+    image_folder,
     split_train_validation,
     synthetic,
     take,

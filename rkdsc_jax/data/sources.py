@@ -141,6 +141,76 @@ def synthetic(
     return ArraySource(np.clip(images, 0, 255).astype(np.uint8), labels, info)
 
 
+_IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
+
+
+def _list_images(directory: str) -> list[str]:
+    return sorted(os.path.join(root, f) for root, _, names in os.walk(directory) for f in names
+                  if f.lower().endswith(_IMAGE_SUFFIXES))
+
+
+def image_folder(split: str, data_dir: str | None, name: str = "image_folder") -> ArraySource:
+    """Images in class folders, read into memory: ``data_dir/<split>/<class>/**/*.jpg``.
+
+    Also reads Tiny-ImageNet as unpacked from ``tiny-imagenet-200.zip`` (it is not in TFDS's
+    catalogue): ``train/<wnid>/images/*.JPEG``, and ``val/images`` labelled by
+    ``val/val_annotations.txt``.  Classes are ``data_dir/wnids.txt`` when present (else the
+    sorted folders of ``train``); class names come from ``words.txt`` when present (its first
+    synonym, for CLIP prompts).  All images must share one size and colour mode.
+    """
+    from PIL import Image
+
+    if not data_dir or not os.path.isdir(data_dir):
+        raise FileNotFoundError(
+            f"{name}: no data directory {data_dir!r}. Pass --config.data.data_dir=DIR with DIR/train/<class>/ "
+            "image folders (e.g. Tiny-ImageNet unpacked from tiny-imagenet-200.zip; see BUILD.md).")
+    split_dir = os.path.join(data_dir, split)
+    if not os.path.isdir(split_dir):
+        raise FileNotFoundError(f"{name}: split {split!r} not found: {split_dir} is not a directory "
+                                f"(found {sorted(os.listdir(data_dir))}).")
+    wnids_path = os.path.join(data_dir, "wnids.txt")
+    if os.path.exists(wnids_path):
+        classes = [line.strip() for line in open(wnids_path) if line.strip()]
+    else:
+        classes = sorted(d for d in os.listdir(os.path.join(data_dir, "train"))
+                         if os.path.isdir(os.path.join(data_dir, "train", d)))
+    index = {c: i for i, c in enumerate(classes)}
+    annotations = os.path.join(split_dir, f"{split}_annotations.txt")
+    if os.path.exists(annotations):  # Tiny-ImageNet's validation layout.
+        rows = [line.split("\t")[:2] for line in open(annotations) if line.strip()]
+        paths = [os.path.join(split_dir, "images", f) for f, _ in rows]
+        wanted = [w for _, w in rows]
+    else:
+        paths, wanted = [], []
+        for c in sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d))):
+            found = _list_images(os.path.join(split_dir, c))
+            paths += found
+            wanted += [c] * len(found)
+    unknown = sorted(set(wanted) - set(index))
+    if unknown:
+        raise ValueError(f"{name}/{split}: classes {unknown[:5]} are not among the {len(classes)} training classes.")
+    if not paths:
+        raise FileNotFoundError(f"{name}/{split}: no images ({', '.join(_IMAGE_SUFFIXES)}) under {split_dir}.")
+    first = np.asarray(Image.open(paths[0]))
+    mode = "L" if first.ndim == 2 else "RGB"
+    images = np.empty((len(paths), first.shape[0], first.shape[1], 1 if mode == "L" else 3), np.uint8)
+    for i, path in enumerate(paths):
+        with Image.open(path) as image:
+            array = np.asarray(image.convert(mode))
+        if array.shape[:2] != images.shape[1:3]:
+            raise ValueError(f"{path} is {array.shape[1]}×{array.shape[0]}, the others {images.shape[2]}×"
+                             f"{images.shape[1]}: resize the folder's images to one size first.")
+        images[i] = array.reshape(images.shape[1:])
+    words_path = os.path.join(data_dir, "words.txt")
+    names = dict(line.rstrip("\n").split("\t", 1) for line in open(words_path) if "\t" in line) \
+        if os.path.exists(words_path) else {}
+    class_names = tuple(names.get(c, c).split(",")[0].strip() for c in classes)
+    labels = np.array([index[w] for w in wanted], np.int32)
+    info = DatasetInfo(name=name, split=split, num_examples=len(labels), num_classes=len(classes),
+                       image_shape=tuple(images.shape[1:]), class_names=class_names)
+    return ArraySource(images, labels, info)
+
+
 def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
     """uint8 (H, W, C): shorter side to ``size`` (bicubic), then the central size × size crop."""
     from PIL import Image
@@ -263,12 +333,15 @@ def take(source: DataSource, num_examples: int | None) -> DataSource:
 
 
 def get_source(name: str, split: str, data_dir: str | None = None, **kwargs) -> DataSource:
-    """Builds a source by name: ``fashion_mnist``, ``synthetic`` or ``tfds:NAME``.
+    """Builds a source by name: ``fashion_mnist``, ``synthetic``, ``image_folder`` or
+    ``tiny_imagenet`` (class folders under ``data_dir``, see ``image_folder``), or ``tfds:NAME``.
 
     Any other name is taken as a TFDS dataset name (``cifar10``, ``imagenet2012``, ...).
     """
     if name == "fashion_mnist":
         return fashion_mnist(split, data_dir)
+    if name in ("image_folder", "tiny_imagenet"):
+        return image_folder(split, data_dir, name)
     if name == "synthetic":
         return synthetic(split, **kwargs)
     return TfdsSource(name.removeprefix("tfds:"), split, data_dir, **kwargs)

@@ -14,7 +14,8 @@ teacher's logits, with the same weights.  ``freeze_encoder`` keeps the distilled
 fixed (run in inference mode, no gradient).
 
 The teacher runs in the step (``teacher_fn(variables, images) -> (features, logits)``,
-images in [0, 1]); its outputs are constants for the student.
+images in [0, 1]); its outputs are constants for the student.  Stage 2 without a teacher
+(``teacher_fn=None``) trains on the labels alone: the no-KD baseline of the same network.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ class RKDObjective:
 
 
 def _distillation_losses(objective: RKDObjective, logits, features, teacher_features, teacher_logits, labels):
+    if teacher_logits is None:
+        ce = losses.cross_entropy(logits, labels)
+        return ce, {"ce": ce}
     feature = losses.feature_loss(features, teacher_features, objective.feature_loss)
     kd = losses.kd_loss(logits, teacher_logits, temperature=objective.temperature)
     ce = losses.cross_entropy(logits, labels)
@@ -68,9 +72,10 @@ def _distillation_losses(objective: RKDObjective, logits, features, teacher_feat
 
 def _metrics(loss, parts, logits, teacher_logits, labels, grads):
     predictions = jnp.argmax(logits, -1)
-    return {"loss": loss, **parts, "accuracy": jnp.mean(predictions == labels),
-            "teacher_agreement": jnp.mean(predictions == jnp.argmax(teacher_logits, -1)),
-            "grad_norm": optax.tree.norm(grads)}
+    metrics = {"loss": loss, **parts, "accuracy": jnp.mean(predictions == labels), "grad_norm": optax.tree.norm(grads)}
+    if teacher_logits is not None:
+        metrics["teacher_agreement"] = jnp.mean(predictions == jnp.argmax(teacher_logits, -1))
+    return metrics
 
 
 def stage1_step(state, batch, teacher_variables, *, objective: RKDObjective, teacher_fn: Callable):
@@ -105,13 +110,15 @@ def channel_type_ids(use_rayleigh):
                      channels_lib.CHANNEL_KINDS.index("awgn")).astype(jnp.int32)
 
 
-def stage2_step(state, batch, teacher_variables, *, objective: RKDObjective, teacher_fn: Callable,
+def stage2_step(state, batch, teacher_variables, *, objective: RKDObjective, teacher_fn: Callable | None,
                 max_symbols: int):
     """Robust distillation through the CAT codec and a random channel per example."""
     rngs = state.step_rng("snr", "pick", "budget", "channel", "dropout")
     images = batch["image"]
     batch_size = images.shape[0]
-    teacher_features, teacher_logits = jax.lax.stop_gradient(teacher_fn(teacher_variables, images))
+    teacher_features = teacher_logits = None
+    if teacher_fn is not None:
+        teacher_features, teacher_logits = jax.lax.stop_gradient(teacher_fn(teacher_variables, images))
     snr_db = channels_lib.sample_snr_db(rngs["snr"], (batch_size,), *objective.snr_range)
     if len(objective.channels) == 2:
         use_rayleigh = jax.random.bernoulli(rngs["pick"], 0.5, (batch_size,))

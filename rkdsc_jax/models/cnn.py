@@ -19,6 +19,22 @@ def max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
     return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+class CNNEncoder(nn.Module):
+    """SmallCNN's convolutional trunk: the feature map (B, h, w, C) of a plain CNN transmitter."""
+
+    features: Sequence[int] = (32, 64)
+    convs_per_stage: int = 2
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        for width in self.features:
+            for _ in range(self.convs_per_stage):
+                x = nn.Conv(width, (3, 3), use_bias=False)(x)
+                x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+            x = max_pool_2x2(x)
+        return x
+
+
 class SmallCNN(nn.Module):
     """Conv–BN–ReLU blocks with 2×2 max pooling after each stage, then an MLP head.
 

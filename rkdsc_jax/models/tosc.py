@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from rkdsc_jax.models.cnn import CNNEncoder
 from rkdsc_jax.models.codecs import ChannelAdaptiveModule, GaussianEncoderHead
 from rkdsc_jax.models.resnet import RESNET_SMALL_INPUT, ResNetEncoder
 from rkdsc_jax.models.tinyvit import TINYVIT_SMALL_INPUT, DenseDecoder, TinyViTEncoder
@@ -84,11 +85,25 @@ def _efficientnet_encoder(**kwargs: Any) -> nn.Module:
     return efficientnet.feature_encoder(**kwargs)
 
 
+def _genotype_encoder(genotype, channels: int = 16, layers: int = 5, **kwargs) -> nn.Module:
+    """A KDL-DARTS cell network without its head; ``genotype``: a Genotype, its dict, or a JSON path."""
+    from rkdsc_jax.nas import genotypes, network  # The NAS package builds on these models.
+
+    if isinstance(genotype, str):
+        genotype = genotypes.load(genotype)
+    elif not isinstance(genotype, genotypes.Genotype):
+        genotype = genotypes.Genotype.from_dict(genotype)
+    return network.GenotypeNetwork(genotype, num_classes=1, channels=channels, layers=layers, include_head=False,
+                                   **kwargs)
+
+
 # Encoders whose output is a feature map (B, H', W', C) (or tokens), by config name.
 ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "tinyvit": TinyViTEncoder,
     "resnet": ResNetEncoder,
     "efficientnet": _efficientnet_encoder,
+    "cnn": CNNEncoder,
+    "genotype": _genotype_encoder,
 }
 SMALL_INPUT_ENCODERS = {"tinyvit": TINYVIT_SMALL_INPUT, "resnet": RESNET_SMALL_INPUT}
 

@@ -8,7 +8,8 @@ rescales the kept ones by 1/(1 − p); identity edges are never dropped.  It nee
 ``"dropout"`` RNG when ``train`` and ``drop_path_prob > 0``.
 
 ``__call__`` returns ``(logits, aux_logits)``; ``aux_logits`` is None unless
-``auxiliary`` and ``train``.  DARTS reports parameters without the auxiliary head: see
+``auxiliary`` and ``train``.  With ``include_head=False`` it returns the last cell's
+feature map (B, h, w, C) instead: the genotype network as a student encoder (paper A).  DARTS reports parameters without the auxiliary head: see
 ``param_count(..., include_auxiliary=False)``.
 """
 
@@ -94,6 +95,7 @@ class GenotypeNetwork(nn.Module):
     drop_path_prob: float = 0.0
     stem_multiplier: int = 3
     impl: str = "auto"
+    include_head: bool = True
 
     @nn.compact
     def __call__(self, x, *, train: bool):
@@ -112,6 +114,8 @@ class GenotypeNetwork(nn.Module):
                 head = AuxiliaryHead(self.num_classes, self.impl, name=AUX_NAME)
                 if train or self.is_initializing():
                     aux_logits = head(s1, train=train)
+        if not self.include_head:
+            return s1
         logits = nn.Dense(self.num_classes, name="classifier")(jnp.mean(s1, axis=(1, 2)))
         return logits, (aux_logits if train else None)
 

@@ -1,0 +1,198 @@
+"""Paper A's pipeline (experiments.rkdsc) end to end on synthetic data with a tiny ViT teacher,
+its resumption after a kill, and the report's claim arithmetic."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import rkdsc
+from experiments.configs import rkdsc_fmnist
+from rkdsc_jax import train
+from rkdsc_jax.models import tosc
+from rkdsc_jax.nas import genotypes, network
+
+DARTS_V2 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "darts_v2_genotype.json")
+
+
+def _tiny_config(vit_dir):
+    config = rkdsc_fmnist.get_config()
+    config.data.name = "synthetic"
+    config.data.normalization = "unit"
+    config.data.augment = "none"
+    config.data.num_eval_examples = 128
+    config.teacher.kind = "vit"
+    config.teacher.hub_id = vit_dir
+    config.teacher.image_size = None
+    t = config.teacher.finetune
+    t.num_steps, t.batch_size, t.learning_rate, t.head_learning_rate = 30, 32, 3e-3, 3e-2
+    t.warmup_steps, t.log_every, t.checkpoint_every = 5, 10, 10
+    config.search.num_train_examples = 128
+    config.student.encoders.genotype = dict(channels=4, layers=3)
+    config.codec.width, config.codec.depth, config.codec.heads = 16, 1, 2
+    config.codec.symbols_per_token, config.codec.budgets = 1, (12,)
+    for stage in (config.stage1, config.stage2):
+        stage.batch_size, stage.num_steps, stage.warmup_steps = 32, 6, 1
+        stage.log_every, stage.checkpoint_every = 3, 3
+    config.baselines.cnn = dict(features=(8, 16))
+    config.baselines.cnn_decoder_hidden = 16
+    config.eval.batch_size = 64
+    config.eval.snrs_db = (-10.0, 0.0, 25.0)
+    config.eval.bandwidth_snrs_db = (10.0,)
+    config.eval.latency_repeats = 2
+    config.mesh.num_devices = 2
+    return config
+
+
+def _fake_search(searches):
+    """A stand-in for experiments.nas.search (whose supernet takes minutes to compile on CPU,
+    see test_nas): writes DARTS_V2 as the search's result, as the real one writes its own."""
+
+    def search(config, workdir):
+        searches.append(config)
+        genotype = genotypes.load(DARTS_V2)
+        os.makedirs(workdir, exist_ok=True)
+        genotypes.save(genotype, os.path.join(workdir, "genotype.json"))
+        summary = {"genotype": genotype.to_dict(), "op_histogram": genotypes.op_histogram(genotype),
+                   "derived_params": 1, "derived_params_at": dict(config.retrain), "lam": config.search.lam,
+                   "mu": config.search.mu, "order": config.search.order, "steps": 2, "total_wall_time_s": 1.0}
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f)
+        return summary
+
+    return search
+
+
+def test_pipeline_runs_every_stage_resumes_after_a_kill_and_reports(tmp_path, monkeypatch, tiny_vit_dir):
+    config = _tiny_config(tiny_vit_dir)
+    workdir = str(tmp_path / "pipeline")
+    searches = []
+    monkeypatch.setattr(rkdsc.nas_experiment, "search", _fake_search(searches))
+
+    # Killed while training the last baseline: every earlier stage has written its output.
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(rkdsc, "train_cnn_baseline", killed)
+        with pytest.raises(KeyboardInterrupt):
+            rkdsc.pipeline(config, workdir)
+    for finished in ("teacher", "search", "runs/teacher", "runs/stage1/seed0", "runs/rkdsc/seed0",
+                     "runs/no_kd/seed0"):
+        assert os.path.exists(os.path.join(workdir, finished, "summary.json")), finished
+    assert not os.path.exists(os.path.join(workdir, "report.md"))
+    # The search distils from the pipeline's fine-tuned teacher and sizes the derived network as the student.
+    assert searches[0].teacher.finetuned_dir == os.path.join(workdir, "teacher", "teacher")
+    assert (searches[0].search.lam, searches[0].retrain.channels, searches[0].retrain.layers) == (0.5, 4, 3)
+
+    # Run again: only the unfinished stages run.
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    finished_stages = [(rkdsc.teacher_lib, "finetune"), (rkdsc.nas_experiment, "search"), (rkdsc, "teacher_curves"),
+                       (rkdsc, "train_stage1"), (rkdsc, "train_stage2")]
+    with monkeypatch.context() as patch:
+        for module, name in finished_stages:
+            patch.setattr(module, name, fail)
+        results = rkdsc.pipeline(config, workdir)
+
+    curves = results["curves"]
+    assert set(curves) == {"RKD-SC", "stage-1 student (no codec)", "same student, no KD", "CNN SemCom",
+                           "teacher over the channel"}
+    for method, by_kind in curves.items():
+        assert set(by_kind) == {"awgn", "rayleigh"}, method
+        assert set(by_kind["awgn"]) == {"-10", "0", "25"}, method
+        assert all(0.0 <= a <= 1.0 for curve in by_kind.values() for accs in curve.values() for a in accs)
+    teacher = json.load(open(os.path.join(workdir, "teacher", "summary.json")))
+    assert teacher["eval"]["accuracy"] > 0.5  # 10 synthetic classes: chance is 0.1.
+
+    # The bandwidth sweep: one model, every budget and its largest; ratio = symbols / 28·28.
+    bandwidth = results["bandwidth"]
+    assert set(bandwidth["bandwidth_ratio"]) == {"12", "49"}
+    assert bandwidth["bandwidth_ratio"]["49"] == pytest.approx(49 / 784)
+    assert set(bandwidth["accuracy"]) == {"awgn@10", "rayleigh@10"}
+
+    # The deployed encoder is the searched cell network without its classifier, counted independently.
+    genotype = genotypes.load(os.path.join(workdir, "search", "genotype.json"))
+    encoder = network.GenotypeNetwork(genotype=genotype, num_classes=10, channels=4, layers=3, include_head=False)
+    variables = jax.eval_shape(lambda: encoder.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), train=False))
+    complexity = results["complexity"]
+    assert complexity["student_encoder"] == train.param_count(variables["params"])
+    assert complexity["student_deployed"] == complexity["student_transmitter"] + complexity["receiver"]
+
+    latency = results["latency"]
+    assert latency["batch_size"] == 1 and min(latency["teacher_encoder_ms"], latency["student_transmitter_ms"]) > 0
+    assert {c["claim"].split(" ")[0] for c in results["claims"]} >= {"parameters", "keeps", "more", "distillation"}
+    report = open(os.path.join(workdir, "report.md")).read()
+    for heading in ("KDL-DARTS search", "Accuracy vs SNR, rayleigh", "bandwidth ratio", "Parameters", "latency",
+                    "claims"):
+        assert heading in report, heading
+    for plot in ("accuracy_vs_snr.png", "accuracy_vs_bandwidth.png"):
+        assert os.path.getsize(os.path.join(workdir, plot)) > 1000
+
+    # A third run redoes nothing and reports the same numbers.
+    with monkeypatch.context() as patch:
+        for module, name in [*finished_stages, (rkdsc, "train_cnn_baseline"), (rkdsc, "encoder_latency")]:
+            patch.setattr(module, name, fail)
+        again = rkdsc.pipeline(config, workdir)
+    assert again["curves"] == curves
+
+
+def test_a_teacher_for_other_classes_is_refused(tmp_path, tiny_vit_dir):
+    config = _tiny_config(tiny_vit_dir)
+    config.teacher.finetune.enabled = False  # The saved ViT predicts 3 classes; the data has 10.
+    with pytest.raises(ValueError, match="predicts 3 classes but synthetic has 10"):
+        rkdsc._Setup(config, str(tmp_path))
+
+
+def test_genotype_encoder_is_the_cell_network_without_its_head():
+    genotype = genotypes.load(DARTS_V2)
+    encoder = tosc.make_encoder("genotype", genotype=genotype.to_dict(), channels=4, layers=3)
+    full = network.GenotypeNetwork(genotype=genotype, num_classes=10, channels=4, layers=3)
+    images = jnp.zeros((2, 28, 28, 1))
+    enc_vars = jax.eval_shape(lambda: encoder.init(jax.random.PRNGKey(0), images, train=False))
+    full_vars = jax.eval_shape(lambda: full.init(jax.random.PRNGKey(0), images, train=False))
+    features = jax.eval_shape(lambda v: encoder.apply(v, images, train=False), enc_vars)
+    # Two reductions: 28 → 14 → 7; the last cell concatenates 4 nodes of 4·4 channels.
+    assert features.shape == (2, 7, 7, 4 * 4 * 4)
+    head = full_vars["params"]["classifier"]
+    assert train.param_count(enc_vars["params"]) == train.param_count(full_vars["params"]) - train.param_count(head)
+
+
+def _claims(kd_high, teacher_high, kd_low, teacher_low, nokd_high):
+    curves = {rkdsc.METHOD_LABELS["rkdsc"]: {"awgn": {"-10": [kd_low], "25": [kd_high], "0": [0.5]}},
+              rkdsc.METHOD_LABELS["teacher"]: {"awgn": {"-10": [teacher_low], "25": [teacher_high]}},
+              rkdsc.METHOD_LABELS["no_kd"]: {"awgn": {"25": [nokd_high], "0": [0.6]}}}
+    complexity = {"teacher": 1000, "student_deployed": 50}
+    latency = {"teacher_over_student_transmitter": 12.0, "teacher_encoder_ms": 6.0, "student_transmitter_ms": 0.5,
+               "platform": "cpu"}
+    return {c["claim"]: c for c in rkdsc.paper_claims(curves, complexity, latency, 0.96, ["-10", "0", "25"])}
+
+
+def test_paper_claims_arithmetic_against_hand_computed_values():
+    claims = _claims(kd_high=0.9, teacher_high=0.95, kd_low=0.5, teacher_low=0.25, nokd_high=0.88)
+    by_start = lambda start: next(c for name, c in claims.items() if name.startswith(start))  # noqa: E731
+    assert by_start("parameters")["measured"] == "95.00 %" and by_start("parameters")["holds"]
+    retention = by_start("keeps 95.86")
+    assert retention["measured"].startswith("94.74 %") and not retention["holds"]  # 0.9 / 0.95
+    assert by_start("…")["measured"] == "93.75 %"  # 0.9 / 0.96
+    gain = by_start("more than 83.12")
+    assert gain["measured"].startswith("+100.0 % relative, +25.00 points") and gain["holds"]
+    kd = [c for name, c in claims.items() if name.startswith("distillation")]
+    assert [c["holds"] for c in kd] == [False, True]  # 0.5 < 0.6 at 0 dB; 0.9 > 0.88 at 25 dB.
+    assert by_start("encoder")["holds"]
+
+
+def test_search_config_follows_the_pipeline():
+    config = rkdsc_fmnist.get_config()
+    config.search.num_train_examples = 640
+    config.student.encoders.genotype = dict(channels=12, layers=4)
+    child = rkdsc.search_config(config, "/tmp/pipeline")
+    assert child.mode == "search" and child.data.num_train_examples == 640
+    assert child.teacher.finetuned_dir == "/tmp/pipeline/teacher/teacher"
+    assert (child.retrain.channels, child.retrain.layers) == (12, 4)  # The student network's size.
+    config.search.lam = 0.0
+    assert rkdsc.search_config(config, "/tmp/pipeline").teacher.kind == "none"  # Plain DARTS needs no teacher.
