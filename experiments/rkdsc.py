@@ -590,6 +590,20 @@ def _plot_bandwidth(bandwidth: dict, path: str) -> None:
     plt.close(fig)
 
 
+def _symbols_per_image(workdir: str) -> dict[str, int]:
+    """What each method sends: RKD-SC its largest budget, the others their feature width."""
+    symbols = {}
+    for method, key in (("rkdsc", "max_symbols"), ("no_kd", "max_symbols"), ("stage1", "num_symbols"),
+                        ("cnn", "num_symbols")):
+        runs = _per_seed(workdir, method)
+        if runs and key in runs[0]:
+            symbols[method] = runs[0][key]
+    teacher = _read_json(os.path.join(workdir, "runs", "teacher", "summary.json"))
+    if teacher and "num_symbols" in teacher:
+        symbols["teacher"] = teacher["num_symbols"]
+    return symbols
+
+
 def _mean(curves, method: str, kind: str, snr: str) -> float | None:
     values = curves.get(METHOD_LABELS[method], {}).get(kind, {}).get(snr)
     return evaluation.mean_std(values)[0] if values else None
@@ -660,11 +674,19 @@ def write_report(config, workdir: str) -> dict:
                   f"{search['steps']} {search['order']}-order steps, λ = {search['lam']}, μ = {search['mu']}, "
                   f"{search['total_wall_time_s']:.0f} s. Derived network at {search['derived_params_at']}: "
                   f"{search['derived_params']:,} parameters.", "",
-                  "```", json.dumps({"genotype": search["genotype"], "op_histogram": search["op_histogram"]},
-                                    indent=1), "```", ""]
+                  *[f"- {cell} cell: " + ", ".join(f"`{op}`←{source}" for op, source in search["genotype"][cell])
+                    for cell in ("normal", "reduce")], "",
+                  evaluation.markdown_table(
+                      ["cell", *genotypes.PRIMITIVES],
+                      [[cell, *[search["op_histogram"][cell].get(op, 0) for op in genotypes.PRIMITIVES]]
+                       for cell in ("normal", "reduce")]), ""]
     if curves:
         evaluation.plot_accuracy_vs_snr(curves, os.path.join(workdir, "accuracy_vs_snr.png"),
                                         title="Accuracy vs SNR (paper A)")
+        symbols = _symbols_per_image(workdir)
+        if symbols:
+            lines += ["Complex channel symbols per image: " + "; ".join(
+                f"{METHOD_LABELS[m]} {n}" for m, n in symbols.items()) + ".", ""]
         for kind in config.eval.channels:
             lines += [f"## Accuracy vs SNR, {kind}", "", evaluation.curves_table(curves, kind, snrs), ""]
         lines += ["![accuracy vs SNR](accuracy_vs_snr.png)", ""]

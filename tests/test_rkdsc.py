@@ -47,13 +47,24 @@ def _tiny_config(vit_dir):
     return config
 
 
+# Pools and skips: a genotype whose network compiles in seconds (the pipeline compiles it ~16 times).
+CHEAP_GENOTYPE = {
+    "normal": [["skip_connect", 0], ["max_pool_3x3", 1], ["avg_pool_3x3", 2], ["skip_connect", 1],
+               ["max_pool_3x3", 3], ["skip_connect", 0], ["avg_pool_3x3", 4], ["skip_connect", 1]],
+    "normal_concat": [2, 3, 4, 5],
+    "reduce": [["max_pool_3x3", 0], ["max_pool_3x3", 1], ["skip_connect", 2], ["max_pool_3x3", 1],
+               ["skip_connect", 3], ["avg_pool_3x3", 0], ["skip_connect", 4], ["max_pool_3x3", 1]],
+    "reduce_concat": [2, 3, 4, 5],
+}
+
+
 def _fake_search(searches):
     """A stand-in for experiments.nas.search (whose supernet takes minutes to compile on CPU,
-    see test_nas): writes DARTS_V2 as the search's result, as the real one writes its own."""
+    see test_nas' slow test of the mode): writes a genotype where the real one writes its own."""
 
     def search(config, workdir):
         searches.append(config)
-        genotype = genotypes.load(DARTS_V2)
+        genotype = genotypes.Genotype.from_dict(CHEAP_GENOTYPE)
         os.makedirs(workdir, exist_ok=True)
         genotypes.save(genotype, os.path.join(workdir, "genotype.json"))
         summary = {"genotype": genotype.to_dict(), "op_histogram": genotypes.op_histogram(genotype),

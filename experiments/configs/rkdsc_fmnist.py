@@ -3,14 +3,15 @@
     python -m experiments.main --config=experiments/configs/rkdsc_fmnist.py --workdir=runs/rkdsc_fmnist
 
 runs (mode ``rkdsc``) every stage in one resumable workdir: fine-tune the ImageNet
-EfficientNet-Lite0 teacher at 32 px briefly, search a cell with KDL-DARTS (a small
-supernet on a 5k subset), distil the cell network into the teacher's feature space
+EfficientNet-Lite0 teacher at 32 px briefly (120 steps), search a cell with KDL-DARTS
+(20 steps of a 3-cell, 4-channel supernet on a 1,280-image subset), distil the cell network into the teacher's feature space
 (stage 1), train it with the CAT codec over random AWGN/Rayleigh channels and symbol
 budgets (stage 2), train the baselines (the same network without KD, a CNN semantic
 communication system), send the teacher's features over the channel, time the
-encoders, and write ``report.md``.  Sized for about 20 minutes on 2 CPU cores with one
-seed; ``--config.pipeline.seeds=0,1,2`` for the spread (the teacher and the search are
-shared by the seeds).  Single stages: ``--config.mode=rkd_stage1`` / ``rkd_stage2`` with
+encoders, and write ``report.md``.  Measured: 34 minutes on 2 CPU cores with one seed
+(the search 9.4 of them, mostly XLA compiling the supernet), ~15 more per extra seed;
+``--config.pipeline.seeds=0,1,2`` for the spread (the teacher and the search are shared
+by the seeds).  Single stages: ``--config.mode=rkd_stage1`` / ``rkd_stage2`` with
 ``--config.pipeline_dir`` pointing at a pipeline workdir.
 """
 
