@@ -101,7 +101,7 @@ def objective_from_config(config, stage: str) -> rkd_steps.RKDObjective:
 class _Setup:
     """Data, teacher and models of one pipeline, built once from the config."""
 
-    def __init__(self, config, pipeline_dir: str, *, need_teacher: bool = True):
+    def __init__(self, config, pipeline_dir: str):
         self.config = _with_teacher_dir(config, pipeline_dir)
         self.pipeline_dir = pipeline_dir
         self.mesh = train.make_mesh(config.mesh.num_devices)
@@ -116,9 +116,8 @@ class _Setup:
         self.num_classes = info.num_classes
         self.preprocess = ltosc._unit_preprocess(config)
         self.input_shape = self.preprocess.output_shape(info.image_shape)
-        self.teacher = (teacher_lib.load_teacher(self.config, _class_names(self.train_source), pipeline_dir)
-                        if need_teacher else None)
-        if self.teacher is not None and self.teacher.num_classes != self.num_classes:
+        self.teacher = teacher_lib.load_teacher(self.config, _class_names(self.train_source), pipeline_dir)
+        if self.teacher.num_classes != self.num_classes:
             raise ValueError(
                 f"The teacher {self.teacher.name!r} predicts {self.teacher.num_classes} classes but {info.name} has "
                 f"{self.num_classes}: fine-tune it on this dataset (teacher.finetune.enabled) or use a zero-shot "
@@ -142,8 +141,7 @@ class _Setup:
 
     @functools.cached_property
     def teacher_dim(self) -> int:
-        teacher = self.teacher or teacher_lib.load_teacher(self.config, _class_names(self.train_source),
-                                                           self.pipeline_dir)
+        teacher = self.teacher
         sample = jax.ShapeDtypeStruct((1, *self.input_shape), jnp.float32)
         return int(jax.eval_shape(lambda x: teacher.feature_fn(teacher.variables, teacher.preprocess(x)),
                                   sample).shape[-1])
