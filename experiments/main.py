@@ -19,13 +19,20 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries(py_logging.Filter):
+class QuietLibraries(py_logging.Filter):
     """Keeps the progress lines readable: drops INFO chatter from orbax, grain and jax."""
 
     _NOISY = ("/orbax/", "/grain/", "/jax/_src/", "/tensorflow_datasets/")
 
     def filter(self, record: py_logging.LogRecord) -> bool:
         return record.levelno >= py_logging.WARNING or not any(p in record.pathname for p in self._NOISY)
+
+
+def show_progress() -> None:
+    """The experiments' progress lines (absl INFO) without the libraries' chatter, for code that
+    runs them without ``main`` (notebooks, scripts)."""
+    logging.set_verbosity(logging.INFO)
+    py_logging.getLogger("absl").addFilter(QuietLibraries())
 
 
 # mode -> (module, function); imported only when run, so one mode's imports never slow another.
@@ -42,6 +49,7 @@ MODES = {
     "rkd_stage1": ("experiments.rkdsc", "rkd_stage1"),
     "rkd_stage2": ("experiments.rkdsc", "rkd_stage2"),
     "rkdsc": ("experiments.rkdsc", "pipeline"),
+    "export": ("experiments.export", "export"),
 }
 
 
@@ -58,7 +66,7 @@ def run_mode(config, workdir: str):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    logging.get_absl_handler().addFilter(QuietLibraries())
     config = _CONFIG.value
     configure_host_devices(config.mesh.get("host_devices"))
     if config.get("mesh") and config.mesh.get("distributed"):

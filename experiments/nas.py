@@ -14,7 +14,6 @@ path, or a search workdir) with the generic ``train.fit`` loop.
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import math
 import os

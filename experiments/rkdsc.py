@@ -16,6 +16,7 @@ Modes (``config.mode``):
       runs/<method>/seed<s>/   stage1, rkdsc (stage 2), no_kd, cnn: checkpoints, metrics, summary.json
       runs/teacher/            the teacher's features over the channel
       latency.json, results.json, report.md, accuracy_vs_snr.png, accuracy_vs_bandwidth.png
+      export/rkdsc_seed<s>/    the deployable transmitter and receiver (``rkdsc_jax.deploy``)
 
 The single-stage modes read the teacher and the genotype from ``config.pipeline_dir``
 (default: the workdir).
@@ -38,10 +39,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from experiments import export as export_lib
 from experiments import ltosc
 from experiments import nas as nas_experiment
 from experiments import teacher as teacher_lib
-from rkdsc_jax import data, evaluation, train
+from rkdsc_jax import data, deploy, evaluation, train
 from rkdsc_jax.distill import rkd_steps, tosc_steps
 from rkdsc_jax.models import rkd, tosc
 from rkdsc_jax.nas import genotypes
@@ -107,10 +109,7 @@ class _Setup:
         self.mesh = train.make_mesh(config.mesh.num_devices)
         for batch_size in (config.stage1.batch_size, config.stage2.batch_size, config.eval.batch_size):
             mesh_lib.check_batch_size(batch_size, self.mesh)
-        self.train_source = _source(config, config.data.train_split)
-        if config.data.get("num_train_examples"):
-            self.train_source = ltosc.random_subset(self.train_source, config.data.num_train_examples,
-                                                    seed=config.data.subset_seed)
+        self.train_source = ltosc.train_source(config)
         self.eval_source = _source(config, config.data.eval_split, config.data.get("num_eval_examples"))
         info = self.train_source.info
         self.num_classes = info.num_classes
@@ -132,13 +131,6 @@ class _Setup:
             mean, std = mean * channels, std * channels
         return tuple(mean), tuple(std)
 
-    def student_encoder(self):
-        student = self.config.student
-        kwargs = dict(student.encoders.get(student.encoder, {}))
-        if student.encoder == "genotype":
-            kwargs["genotype"] = resolve_genotype(self.config, self.pipeline_dir)
-        return tosc.make_encoder(student.encoder, **kwargs)
-
     @functools.cached_property
     def teacher_dim(self) -> int:
         teacher = self.teacher
@@ -147,26 +139,37 @@ class _Setup:
                                   sample).shape[-1])
 
     @functools.cached_property
-    def system(self) -> rkd.RKDSystem:
-        encoder = self.student_encoder()
+    def system_spec(self) -> deploy.SystemSpec:
+        """The student system (genotype encoder + CAT codec + classifier) as a rebuildable spec."""
+        student = self.config.student
+        kwargs = dict(student.encoders.get(student.encoder, {}))
+        if student.encoder == "genotype":
+            kwargs["genotype"] = resolve_genotype(self.config, self.pipeline_dir)
+        encoder = tosc.make_encoder(student.encoder, **kwargs)
         sample = jnp.zeros((1, *self.input_shape), jnp.float32)
         shapes = jax.eval_shape(lambda: encoder.init(jax.random.PRNGKey(0), sample, train=False))
         features = jax.eval_shape(lambda v: encoder.apply(v, sample, train=False), shapes)
         if len(features.shape) not in (3, 4):
             raise ValueError(f"The student encoder must give a feature map or tokens, got shape {features.shape}.")
-        num_tokens = int(np.prod(features.shape[1:-1]))
         c = self.config.codec
         mean, std = self._normalisation()
-        return rkd.RKDSystem(encoder=encoder, num_classes=self.num_classes, teacher_dim=self.teacher_dim,
-                             num_tokens=num_tokens, cat_width=c.width, cat_depth=c.depth, cat_heads=c.heads,
-                             symbols_per_token=c.symbols_per_token, input_mean=mean, input_std=std)
+        system = dict(num_classes=self.num_classes, teacher_dim=self.teacher_dim,
+                      num_tokens=int(np.prod(features.shape[1:-1])), cat_width=c.width, cat_depth=c.depth,
+                      cat_heads=c.heads, symbols_per_token=c.symbols_per_token, input_mean=mean, input_std=std)
+        return deploy.SystemSpec(kind="rkdsc", encoder=student.encoder, encoder_kwargs=kwargs, system_kwargs=system,
+                                 input_shape=self.input_shape, class_names=_class_names(self.train_source))
 
-    def cnn_baseline(self, num_symbols: int) -> tosc.TOSC:
+    @functools.cached_property
+    def system(self) -> rkd.RKDSystem:
+        return self.system_spec.build()
+
+    def cnn_spec(self, num_symbols: int) -> deploy.SystemSpec:
         mean, std = self._normalisation()
         b = self.config.baselines
-        return tosc.TOSC(encoder=tosc.make_encoder("cnn", **dict(b.cnn)), num_classes=self.num_classes,
-                         num_symbols=num_symbols, channel_adaptive=False, decoder_hidden=b.cnn_decoder_hidden,
-                         input_mean=mean, input_std=std)
+        system = dict(num_classes=self.num_classes, num_symbols=num_symbols, channel_adaptive=False,
+                      decoder_hidden=b.cnn_decoder_hidden, input_mean=mean, input_std=std)
+        return deploy.SystemSpec(kind="tosc", encoder="cnn", encoder_kwargs=dict(b.cnn), system_kwargs=system,
+                                 input_shape=self.input_shape, class_names=_class_names(self.train_source))
 
     def init_state(self, model, tx, seed: int, **init_kwargs):
         sample = jnp.zeros((1, *self.input_shape), jnp.float32)
@@ -366,7 +369,7 @@ def train_cnn_baseline(config, workdir: str, *, setup: _Setup, num_symbols: int)
     start = _start(config, workdir, f"CNN SemCom baseline (seed {config.seed})")
     stage = config.stage2
     num_steps = _steps(stage, len(setup.train_source))
-    model = setup.cnn_baseline(num_symbols)
+    model = setup.cnn_spec(num_symbols).build()
     state = setup.init_state(model, train.make_optimizer(stage, num_steps), config.seed, snr_db=0.0,
                              channel_fn=lambda x: x, train=False)
     objective = tosc_steps.Objective(loss="ce", targets="labels", num_classes=setup.num_classes,
@@ -395,16 +398,6 @@ def teacher_curves(config, pipeline_dir: str) -> dict:
     return ltosc.teacher_curves(_with_teacher_dir(config, pipeline_dir), pipeline_dir)
 
 
-def _median_ms(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))  # Compile and warm up.
-    times = []
-    for _ in range(repeats):
-        begin = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - begin)
-    return 1000.0 * float(np.median(times))
-
-
 def encoder_latency(config, setup: _Setup) -> dict:
     """Milliseconds per image at batch 1 on this machine, same process: the student's
     transmitter (encoder + CAT encoder), the student encoder alone, the teacher's encoder.
@@ -421,9 +414,9 @@ def encoder_latency(config, setup: _Setup) -> dict:
     tokens = jax.jit(lambda v, x: model.apply(v, x, method="tokens"))
     teacher = jax.jit(lambda v, x: setup.teacher.feature_fn(v, setup.teacher.preprocess(x)))
     repeats = config.eval.latency_repeats
-    result = {"student_transmitter_ms": _median_ms(transmit, variables, image, repeats=repeats),
-              "student_encoder_ms": _median_ms(tokens, variables, image, repeats=repeats),
-              "teacher_encoder_ms": _median_ms(teacher, teacher_variables, image, repeats=repeats),
+    result = {"student_transmitter_ms": deploy.median_ms(transmit, variables, image, repeats=repeats),
+              "student_encoder_ms": deploy.median_ms(tokens, variables, image, repeats=repeats),
+              "teacher_encoder_ms": deploy.median_ms(teacher, teacher_variables, image, repeats=repeats),
               "batch_size": 1, "repeats": repeats, "platform": device.platform,
               "device": str(device.device_kind)}
     result["teacher_over_student_transmitter"] = result["teacher_encoder_ms"] / result["student_transmitter_ms"]
@@ -474,7 +467,7 @@ def pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Mode ``rkdsc``: every stage of paper A in order, resumable; then the report."""
     started = time.perf_counter()
     os.makedirs(workdir, exist_ok=True)
-    total = 7
+    total = 8
     if config.teacher.finetune.enabled:
         _stage("fine-tune the teacher", 1, total, started)
         if _read_json(os.path.join(workdir, "teacher", "summary.json")) is None:
@@ -520,9 +513,13 @@ def pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
         setup = setup or _Setup(config, workdir)
         _write_json(path, encoder_latency(config, setup))
 
-    _stage("report", 6, total, started)
+    _stage("export the deployable transmitter and receiver", 6, total, started)
+    if _read_json(os.path.join(export_lib.export_directory(config, workdir), "latency.json")) is None:
+        export_lib.export(config, workdir)
+
+    _stage("report", 7, total, started)
     results = write_report(config, workdir)
-    _stage(f"done: {os.path.join(workdir, 'report.md')}", 7, total, started)
+    _stage(f"done: {os.path.join(workdir, 'report.md')}", 8, total, started)
     return results
 
 
@@ -739,5 +736,9 @@ def write_report(config, workdir: str) -> dict:
              ["student + CAT encoder (transmitter)", latency["student_transmitter_ms"]]]), "",
             f"Teacher / transmitter: {latency['teacher_over_student_transmitter']:.2f}× on {latency['platform']} "
             f"({latency['device']}), median of {latency['repeats']}.", ""]
+    exported, export_lines = export_lib.report_section(config, workdir)
+    if exported:
+        results["export"] = exported
+        lines += export_lines
     claims = paper_claims(curves, complexity, latency, teacher["clean_accuracy"] if teacher else None, snrs)
     return ltosc.finish_report(workdir, results, lines, claims, "Paper A")

@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
-exec .venv/bin/python -m pytest "$@"
+# Two worker processes by default (RKDSC_TEST_WORKERS=0 for one), each test file on one worker.
+exec .venv/bin/python -m pytest -n "${RKDSC_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -149,6 +149,7 @@ def _study_config(vit_dir):
     config.study.train_sizes = (512,)  # The whole set: the main run is reused (subsets: test_logit_store).
     config.study.size_epoch_scale = {}
     config.study.ablation_steps = 1
+    config.export.latency_repeats = 2
     config.mesh.num_devices = 2
     return config
 
@@ -179,6 +180,15 @@ def test_study_runs_every_stage_writes_the_report_and_resumes(tmp_path, monkeypa
     for plot in ("accuracy_vs_snr.png", "accuracy_vs_train_size.png"):
         assert os.path.getsize(os.path.join(workdir, plot)) > 1000
 
+    # The last stage exported L-TOSC-KD; it loads without the training code (see test_deploy).
+    exported = os.path.join(workdir, "export", "l_tosc_kd_seed0")
+    check = json.load(open(os.path.join(exported, "latency.json")))
+    assert check["check"]["same_predictions"] and check["latency"]["batch_size"] == 1
+    spec = json.load(open(os.path.join(exported, "spec.json")))
+    assert spec["system"]["kind"] == "tosc" and spec["max_symbols"] == 4
+    kd_run = json.load(open(os.path.join(workdir, "runs", "l_tosc_kd", "seed0", "summary.json")))
+    assert spec["metadata"]["curves"] == kd_run["curves"]
+
     # A second run redoes nothing: every stage's output exists.
     def fail(*args, **kwargs):
         raise AssertionError("a finished stage ran again")
@@ -186,6 +196,9 @@ def test_study_runs_every_stage_writes_the_report_and_resumes(tmp_path, monkeypa
     for name in ("train_method", "precompute_logits", "verify_logits", "fdm_ablation", "teacher_curves"):
         monkeypatch.setattr(ltosc, name, fail)
     monkeypatch.setattr(ltosc.teacher_lib, "finetune", fail)
+    from experiments import export as export_lib
+
+    monkeypatch.setattr(export_lib, "export", fail)
     again = ltosc.study(config, workdir)
     assert again["curves"] == curves
 

@@ -6,7 +6,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from experiments import rkdsc
@@ -43,6 +42,7 @@ def _tiny_config(vit_dir):
     config.eval.snrs_db = (-10.0, 0.0, 25.0)
     config.eval.bandwidth_snrs_db = (10.0,)
     config.eval.latency_repeats = 2
+    config.export.latency_repeats = 2
     config.mesh.num_devices = 2
     return config
 
@@ -144,9 +144,16 @@ def test_pipeline_runs_every_stage_resumes_after_a_kill_and_reports(tmp_path, mo
     for plot in ("accuracy_vs_snr.png", "accuracy_vs_bandwidth.png"):
         assert os.path.getsize(os.path.join(workdir, plot)) > 1000
 
+    # The deployable RKD-SC of seed 0: the transmitter is the searched encoder + the CAT encoder.
+    check = json.load(open(os.path.join(workdir, "export", "rkdsc_seed0", "latency.json")))
+    assert check["check"]["same_predictions"]
+    assert check["latency"]["transmitter_params"] == complexity["student_transmitter"]
+    assert check["latency"]["receiver_params"] == complexity["receiver"]
+
     # A third run redoes nothing and reports the same numbers.
     with monkeypatch.context() as patch:
-        for module, name in [*finished_stages, (rkdsc, "train_cnn_baseline"), (rkdsc, "encoder_latency")]:
+        for module, name in [*finished_stages, (rkdsc, "train_cnn_baseline"), (rkdsc, "encoder_latency"),
+                             (rkdsc.export_lib, "export")]:
             patch.setattr(module, name, fail)
         again = rkdsc.pipeline(config, workdir)
     assert again["curves"] == curves

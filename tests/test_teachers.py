@@ -1,7 +1,6 @@
 """The teacher interface: preprocessing, features/logits against transformers, heads, identity."""
 
 import numpy as np
-import jax
 import jax.numpy as jnp
 import pytest
 

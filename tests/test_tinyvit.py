@@ -4,7 +4,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from rkdsc_jax.models import tinyvit
 from rkdsc_jax.train import param_count

@@ -12,7 +12,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from rkdsc_jax import data, models, train

@@ -8,7 +8,8 @@ EfficientNet-Lite0 teacher at 32 px briefly (120 steps), search a cell with KDL-
 (stage 1), train it with the CAT codec over random AWGN/Rayleigh channels and symbol
 budgets (stage 2), train the baselines (the same network without KD, a CNN semantic
 communication system), send the teacher's features over the channel, time the
-encoders, and write ``report.md``.  Measured: 34 minutes on 2 CPU cores with one seed
+encoders, export the deployable transmitter and receiver (``export/rkdsc_seed0/``), and
+write ``report.md``.  Measured: 34 minutes on 2 CPU cores with one seed
 (the search 9.4 of them, mostly XLA compiling the supernet), ~15 more per extra seed;
 ``--config.pipeline.seeds=0,1,2`` for the spread (the teacher and the search are shared
 by the seeds).  Single stages: ``--config.mode=rkd_stage1`` / ``rkd_stage2`` with
@@ -142,6 +143,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.pipeline = ml_collections.ConfigDict()
     config.pipeline.seeds = (0,)
     config.pipeline.methods = ("stage1", "rkdsc", "no_kd", "cnn")
+
+    # Mode export (and the pipeline's last stage): the deployable transmitter and receiver.
+    config.export = ml_collections.ConfigDict()
+    config.export.method = "rkdsc"  # rkdsc | no_kd | cnn
+    config.export.seed = _field(None, int)  # None: the first of pipeline.seeds.
+    config.export.directory = _field(None, str)  # None: <workdir>/export/<method>_seed<seed>.
+    config.export.overwrite = False
+    config.export.latency_repeats = 100
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.num_devices = _field(None, int)

