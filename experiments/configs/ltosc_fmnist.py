@@ -6,7 +6,7 @@ runs every stage (mode ``ltosc_study``): fine-tune EfficientNet-Lite0 (ImageNet 
 on Fashion-MNIST at 32 px, store its top-3 probabilities for every augmented view of 3
 epochs, train L-TOSC-KD and the baselines for 3 seeds, the teacher over the channel,
 the training-set-size sweep and the FDM ablation, export L-TOSC-KD's transmitter and
-receiver, then ``report.md`` (~70 minutes on 2 CPU cores).  Rerunning resumes.
+receiver, then ``report.md`` (~75 minutes on 2 CPU cores).  Rerunning resumes.
 ``--config.mode=ltosc --config.method=l_tosc`` trains one method alone.
 
 Choices: K = 3 of C = 10 classes (paper B keeps 10 of 1000; with 10 classes K = 10 would
