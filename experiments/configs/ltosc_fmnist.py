@@ -31,6 +31,17 @@ def _field(value, field_type):
     return ml_collections.FieldReference(value, field_type=field_type)
 
 
+def export_config(method: str) -> ml_collections.ConfigDict:
+    """Mode ``export`` (and the pipelines' last stage): the deployable transmitter and receiver."""
+    export = ml_collections.ConfigDict()
+    export.method = method
+    export.seed = _field(None, int)  # None: the pipeline's first seed.
+    export.directory = _field(None, str)  # None: <workdir>/export/<method>_seed<seed>.
+    export.overwrite = False
+    export.latency_repeats = 100
+    return export
+
+
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.mode = "ltosc_study"
@@ -138,13 +149,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.study.size_epoch_scale = ml_collections.ConfigDict({"1000": 10.0, "6000": 4.0})
     config.study.ablation_steps = 20
 
-    # Mode export: the deployable transmitter and receiver of one trained method.
-    config.export = ml_collections.ConfigDict()
-    config.export.method = "l_tosc_kd"  # Any method of study.methods.
-    config.export.seed = _field(None, int)  # None: the first of study.seeds.
-    config.export.directory = _field(None, str)  # None: <workdir>/export/<method>_seed<seed>.
-    config.export.overwrite = False
-    config.export.latency_repeats = 100
+    config.export = export_config("l_tosc_kd")  # Any method of study.methods.
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.num_devices = _field(None, int)

@@ -144,13 +144,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.pipeline.seeds = (0,)
     config.pipeline.methods = ("stage1", "rkdsc", "no_kd", "cnn")
 
-    # Mode export (and the pipeline's last stage): the deployable transmitter and receiver.
-    config.export = ml_collections.ConfigDict()
-    config.export.method = "rkdsc"  # rkdsc | no_kd | cnn
-    config.export.seed = _field(None, int)  # None: the first of pipeline.seeds.
-    config.export.directory = _field(None, str)  # None: <workdir>/export/<method>_seed<seed>.
-    config.export.overwrite = False
-    config.export.latency_repeats = 100
+    config.export = ltosc_fmnist.export_config("rkdsc")  # rkdsc | no_kd | cnn
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.num_devices = _field(None, int)
