@@ -84,7 +84,8 @@ def _seed(config) -> int:
 
 
 def export_directory(config, workdir: str) -> str:
-    return config.export.get("directory") or os.path.join(workdir, "export", f"{config.export.method}_seed{_seed(config)}")
+    name = f"{config.export.method}_seed{_seed(config)}"
+    return config.export.get("directory") or os.path.join(workdir, "export", name)
 
 
 def report_section(config, workdir: str) -> tuple[dict | None, list[str]]:

@@ -109,10 +109,6 @@ class SystemSpec:
         return system(encoder=encoder, **kwargs)
 
     @property
-    def num_classes(self) -> int:
-        return int(self.system_kwargs["num_classes"])
-
-    @property
     def max_symbols(self) -> int:
         """Complex channel uses per image at the full budget."""
         s = self.system_kwargs
