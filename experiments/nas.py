@@ -85,15 +85,21 @@ def _teacher_fn(config, num_classes: int, sample_shape, class_names=(), workdir:
         return logits
     if kind == "classifier":
         model = models.classifier_from_config(config.teacher.model, num_classes)
-        abstract = jax.eval_shape(functools.partial(
-            train.create_train_state, model, optax.identity(), seed=0, train=False), jnp.zeros((1, *sample_shape)))
         checkpointer = train.Checkpointer(os.path.join(config.teacher.workdir, "checkpoints"))
         if checkpointer.latest_step() is None:
             raise FileNotFoundError(f"No teacher checkpoint in {config.teacher.workdir}/checkpoints; train one "
                                     "with experiments/configs/fmnist_classifier.py first.")
-        restored = checkpointer.restore(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype)
-                                                     if hasattr(s, "shape") else s, abstract))
-        variables = {"params": restored.params, "batch_stats": restored.batch_stats}
+        # Params and batch statistics only: the teacher was trained with its own optimiser.
+        variables = checkpointer.restore_variables()
+        checkpointer.close()
+        expected = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, *sample_shape)),
+                                                     train=False))
+        if jax.tree.structure(expected["params"]) != jax.tree.structure(variables["params"]) or any(
+                a.shape != b.shape for a, b in zip(jax.tree.leaves(expected["params"]),
+                                                   jax.tree.leaves(variables["params"]))):
+            raise ValueError(f"The teacher checkpoint in {config.teacher.workdir} is not a {config.teacher.model.name} "
+                             f"with config.teacher.model's settings on {sample_shape} inputs; set "
+                             "config.teacher.model (and data.image_size) to what the teacher was trained with.")
         return lambda x: model.apply(variables, x, train=False)
     if kind == "store":
         raise ValueError("teacher.kind='store' (FDM logit store) is not wired into the search yet; use "

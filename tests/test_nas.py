@@ -116,6 +116,79 @@ def test_grouped_cell_equals_per_edge_darts_cell(reduction):
     np.testing.assert_allclose(ours, reference, atol=2e-4, rtol=1e-4)
 
 
+def _load_into_torch(net, params, arch, steps: int):
+    """Copies a JAX supernet's weights and α into ``benchmarks.torch_darts.Network``."""
+    import torch
+
+    def put(module, kernel):  # HWIO (dense) or (k, k, 1, C) (depthwise) -> OIHW.
+        module.weight.data = torch.from_numpy(np.asarray(kernel).transpose(3, 2, 0, 1).copy())
+
+    put(net.stem[0], params["stem_conv"]["kernel"])
+    net.stem[1].weight.data = torch.tensor(np.asarray(params["stem_bn"]["scale"]))
+    net.stem[1].bias.data = torch.tensor(np.asarray(params["stem_bn"]["bias"]))
+    for i, cell in enumerate(net.cells):
+        p = params[f"cell_{i}"]
+        if "conv" in p["preprocess0"]:
+            put(cell.preprocess0[1], p["preprocess0"]["conv"]["kernel"])
+        else:
+            put(cell.preprocess0.conv_1, p["preprocess0"]["conv_1"]["kernel"])
+            put(cell.preprocess0.conv_2, p["preprocess0"]["conv_2"]["kernel"])
+        put(cell.preprocess1[1], p["preprocess1"]["conv"]["kernel"])
+        for src in range(steps + 1):
+            targets = range(max(0, src - 1), steps)
+            for e, node in enumerate(targets):
+                ops_ = cell._ops[search_space.edge_index(node, src)]._ops
+                group = p[f"from_{src}"]
+                for name, leaf in group.items():  # e.g. sep_conv_3x3_dw_1, skip_connect_conv_2.
+                    base = "skip_connect" if name.startswith("skip_connect") else "_".join(name.split("_")[:3])
+                    part, op, kernel = name[len(base) + 1:], ops_[ops.PRIMITIVES.index(base)], leaf[e]
+                    if base == "skip_connect":
+                        put(getattr(op, part), kernel)  # FactorizedReduce.conv_1 / conv_2.
+                    elif base.startswith("sep"):  # SepConv = 2 × (ReLU, depthwise, pointwise, BN).
+                        layer, index = part.split("_")
+                        put(op[int(index)][1 if layer == "dw" else 2], kernel)
+                    else:  # DilConv = ReLU, depthwise, pointwise, BN.
+                        put(op[1 if part == "dw_0" else 2], kernel)
+    net.classifier.weight.data = torch.from_numpy(np.asarray(params["classifier"]["kernel"]).T.copy())
+    net.classifier.bias.data = torch.tensor(np.asarray(params["classifier"]["bias"]))
+    net.alphas_normal.data = torch.tensor(np.asarray(arch["normal"]))
+    net.alphas_reduce.data = torch.tensor(np.asarray(arch["reduce"]))
+
+
+def test_supernet_matches_the_pytorch_darts_reference():
+    """Logits and ∂CE/∂α of the JAX supernet equal DARTS's eager PyTorch code
+    (benchmarks/torch_darts.py) with the same weights: a reduction cell after a normal one
+    exercises every op at strides 1 and 2 and both preprocessings."""
+    torch = pytest.importorskip("torch")
+    from benchmarks import torch_darts
+
+    steps, layers = 2, 3
+    model = search_space.SearchNetwork(10, channels=4, layers=layers, steps=steps, multiplier=steps)
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 2))
+    labels = jnp.asarray([1, 4, 7])
+    variables = model.init(jax.random.PRNGKey(1), x, train=False)
+    arch = jax.tree.map(lambda a: 0.5 * jax.random.normal(jax.random.PRNGKey(2), a.shape), variables["arch"])
+
+    def loss(arch):
+        logits, _ = model.apply(variables | {"arch": arch}, x, train=True, mutable=["batch_stats"])
+        return optax_ce(logits, labels), logits
+
+    (ce, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(arch)
+    net = torch_darts.Network(4, 10, layers, in_channels=2, steps=steps, multiplier=steps).train()
+    _load_into_torch(net, variables["params"], arch, steps)
+    torch_logits = net(torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()))
+    torch_ce = torch.nn.functional.cross_entropy(torch_logits, torch.from_numpy(np.asarray(labels)).long())
+    torch_ce.backward()
+    np.testing.assert_allclose(logits, torch_logits.detach().numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(grads["normal"], net.alphas_normal.grad.numpy(), atol=1e-5, rtol=1e-3)
+    np.testing.assert_allclose(grads["reduce"], net.alphas_reduce.grad.numpy(), atol=1e-5, rtol=1e-3)
+    assert float(jnp.max(jnp.abs(grads["reduce"]))) > 1e-4  # The comparison is not of zeros.
+
+
+def optax_ce(logits, labels):
+    return jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
+
+
 # --- genotypes ----------------------------------------------------------------------------
 
 
@@ -368,3 +441,62 @@ def test_search_and_retrain_modes_write_a_genotype_and_retrain_it(tmp_path):
     retrained = nas_experiment.retrain(config, str(tmp_path / "retrain"))
     assert retrained["num_params"] == network.genotype_param_count(genotype, 10, 4, 3, (28, 28, 1))
     assert 0.0 <= retrained["eval"]["accuracy"] <= 1.0
+
+
+def test_classifier_teacher_of_the_search_reproduces_its_training_runs_accuracy(tmp_path):
+    """``teacher.kind='classifier'``: the search's teacher (params + batch statistics restored
+    without the optimiser) classifies the test images exactly as the training run's own
+    evaluation did; a teacher trained on other inputs is refused with the fix."""
+    from experiments import classifier
+    from experiments import nas as nas_experiment
+    from experiments.configs import darts_fmnist, fmnist_classifier
+    from rkdsc_jax import data
+
+    teacher_config = fmnist_classifier.get_config()
+    teacher_config.data.image_size = 16
+    teacher_config.data.num_train_examples, teacher_config.data.num_eval_examples = 512, 300
+    teacher_config.train.num_epochs, teacher_config.train.batch_size = 1.0, 64
+    teacher_config.mesh.num_devices = 1
+    trained = classifier.train_classifier(teacher_config, str(tmp_path / "teacher"))
+
+    config = darts_fmnist.get_config("kdl")
+    config.teacher.workdir = str(tmp_path / "teacher")
+    teacher_fn = jax.jit(nas_experiment._teacher_fn(config, 10, (16, 16, 1)))
+    source = data.take(data.get_source("fashion_mnist", "test"), 300)
+    correct = 0.0
+    for batch in data.eval_batches(source, batch_size=128,
+                                   preprocess_config=data.PreprocessConfig(16, None, "fashion_mnist")):
+        predictions = np.argmax(teacher_fn(jnp.asarray(batch["image"])), -1)
+        correct += float(np.sum((predictions == batch["label"]) * batch["mask"]))
+    assert correct / 300 == pytest.approx(trained["eval"]["accuracy"], abs=1e-6)
+
+    with pytest.raises(ValueError, match="data.image_size"):
+        nas_experiment._teacher_fn(config, 10, (28, 28, 1))
+
+
+def test_darts_comparison_tables_means_and_histograms(tmp_path):
+    from experiments import darts_comparison
+    from rkdsc_jax import files
+
+    accuracies = {"kdl": (0.80, 0.90), "plain": (0.70, 0.72)}
+    for variant, values in accuracies.items():
+        for seed, accuracy in enumerate(values):
+            files.atomic_write_json(str(tmp_path / f"{variant}_s{seed}" / "summary.json"), {
+                "val": {"accuracy": 0.5}, "complexity": 0.25 * (seed + 1), "op_histogram": {"sep_conv_3x3": 2,
+                                                                                             "skip_connect": 1},
+                "genotype": {"normal": [["sep_conv_3x3", 0], ["skip_connect", 1]],
+                             "reduce": [["max_pool_3x3", 0], ["max_pool_3x3", 1]]},
+                "total_wall_time_s": 120.0})
+            files.atomic_write_json(str(tmp_path / f"{variant}_s{seed}_retrain" / "summary.json"), {
+                "eval": {"accuracy": accuracy}, "num_params": 1000 * (seed + 1), "total_wall_time_s": 60.0})
+    result = darts_comparison.collect(str(tmp_path), [0, 1])
+    kdl = result["kdl"]["summary"]
+    assert kdl["test_accuracy"]["mean"] == pytest.approx(0.85)
+    assert kdl["test_accuracy"]["std"] == pytest.approx(0.05)
+    assert kdl["params"]["mean"] == 1500 and kdl["complexity"]["mean"] == pytest.approx(0.375)
+    assert kdl["op_histogram"] == {"skip_connect": 2, "sep_conv_3x3": 4}
+    assert kdl["search_minutes"]["mean"] == pytest.approx(2.0)
+    table = darts_comparison.markdown(result)
+    assert "85.00 ± 5.00 %" in table and "71.00 ± 1.00 %" in table
+    with pytest.raises(FileNotFoundError, match="darts_fmnist.sh"):
+        darts_comparison.collect(str(tmp_path), [0, 1, 2])
