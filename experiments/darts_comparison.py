@@ -18,9 +18,12 @@ from absl import app, flags
 
 from rkdsc_jax import files
 from rkdsc_jax.nas.ops import PRIMITIVES
+from rkdsc_jax.nas.search_space import CELL_TYPES
 
 _RUNS = flags.DEFINE_string("runs", "runs/darts_fmnist", "Directory holding the search and retrain runs.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to compare.")
+# DARTS's collapse shows as these ops crowding the convolutions out of the derived cells.
+COLLAPSE_OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect")
 VARIANTS = {"kdl": "KDL-DARTS (λ=0.5, τ=4, μ=0.1)", "plain": "DARTS (λ=μ=0)"}
 
 
@@ -51,27 +54,33 @@ def collect(runs: str, seeds: list[int]) -> dict:
                 "search_minutes": search["total_wall_time_s"] / 60,
                 "retrain_minutes": retrain["total_wall_time_s"] / 60,
             })
-        histogram = collections.Counter()
+        histogram = {cell: collections.Counter() for cell in CELL_TYPES}
         for row in rows:
-            histogram.update(row["op_histogram"])
+            for cell in CELL_TYPES:
+                histogram[cell].update(row["op_histogram"][cell])
         summary = {k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows]))}
                    for k in ("test_accuracy", "params", "search_val_accuracy", "complexity", "search_minutes",
                              "retrain_minutes")}
-        summary["op_histogram"] = {op: histogram[op] for op in PRIMITIVES if histogram[op]}
+        summary["op_histogram"] = {cell: {op: histogram[cell][op] for op in PRIMITIVES if histogram[cell][op]}
+                                   for cell in CELL_TYPES}
+        summary["pool_skip_none_edges_per_seed"] = sum(
+            n for cell in CELL_TYPES for op, n in histogram[cell].items() if op in COLLAPSE_OPS) / len(rows)
         result[variant] = {"label": VARIANTS[variant], "runs": rows, "summary": summary}
     return result
 
 
 def markdown(result: dict) -> str:
-    lines = ["| method | retrained test accuracy | parameters | C(α) | search val accuracy | ops of the derived "
-             "cells (all seeds) |", "|---|---|---|---|---|---|"]
+    lines = ["| method | retrained test accuracy | parameters | C(α) | search val accuracy | pool/skip/none edges "
+             "of 16 | normal cells' ops (all seeds) | reduction cells' ops |", "|---|---|---|---|---|---|---|---|"]
     for variant in result.values():
         s = variant["summary"]
-        ops = ", ".join(f"{op} {n}" for op, n in sorted(s["op_histogram"].items(), key=lambda kv: -kv[1]))
+        ops = [", ".join(f"{op} {n}" for op, n in sorted(s["op_histogram"][cell].items(), key=lambda kv: -kv[1]))
+               for cell in CELL_TYPES]
         lines.append(f"| {variant['label']} | {100 * s['test_accuracy']['mean']:.2f} ± "
                      f"{100 * s['test_accuracy']['std']:.2f} % | {s['params']['mean']:,.0f} ± "
                      f"{s['params']['std']:,.0f} | {s['complexity']['mean']:.3f} | "
-                     f"{100 * s['search_val_accuracy']['mean']:.1f} % | {ops} |")
+                     f"{100 * s['search_val_accuracy']['mean']:.1f} % | {s['pool_skip_none_edges_per_seed']:.1f} | "
+                     f"{ops[0]} | {ops[1]} |")
     lines += ["", "| method | seed | test accuracy | parameters | normal cell | reduction cell | search min |",
               "|---|---|---|---|---|---|---|"]
     for variant in result.values():

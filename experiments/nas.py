@@ -173,8 +173,9 @@ def search(config, workdir: str) -> dict:
     schedule = search_lib.epoch_cosine_schedule(s.w_lr, s.w_lr_min, s.epochs, steps_per_epoch)
     w_tx = search_lib.make_weight_optimizer(schedule, s.w_momentum, s.w_weight_decay, s.w_grad_clip)
     a_tx = search_lib.make_arch_optimizer(s.a_lr, s.a_b1, s.a_b2, s.a_weight_decay)
-    state = jax.jit(lambda x: search_lib.create_search_state(model, w_tx, a_tx, x, config.seed),
-                    out_shardings=train.replicated(mesh))(jnp.zeros((1, *sample_shape)))
+    # The seed is an argument, not a constant: every seed then shares one cached compilation.
+    state = jax.jit(lambda x, seed: search_lib.create_search_state(model, w_tx, a_tx, x, seed),
+                    out_shardings=train.replicated(mesh))(jnp.zeros((1, *sample_shape)), config.seed)
     complexity = search_lib.Complexity.for_model(model, s.count_bn_affine)
     hp = _hparams(config)
     class_names = info.class_names or tuple(str(i) for i in range(info.num_classes))

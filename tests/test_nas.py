@@ -482,8 +482,9 @@ def test_darts_comparison_tables_means_and_histograms(tmp_path):
     for variant, values in accuracies.items():
         for seed, accuracy in enumerate(values):
             files.atomic_write_json(str(tmp_path / f"{variant}_s{seed}" / "summary.json"), {
-                "val": {"accuracy": 0.5}, "complexity": 0.25 * (seed + 1), "op_histogram": {"sep_conv_3x3": 2,
-                                                                                             "skip_connect": 1},
+                "val": {"accuracy": 0.5}, "complexity": 0.25 * (seed + 1),
+                "op_histogram": {"normal": {"sep_conv_3x3": 2, "skip_connect": 1, "none": 0},
+                                 "reduce": {"max_pool_3x3": 2}},
                 "genotype": {"normal": [["sep_conv_3x3", 0], ["skip_connect", 1]],
                              "reduce": [["max_pool_3x3", 0], ["max_pool_3x3", 1]]},
                 "total_wall_time_s": 120.0})
@@ -494,7 +495,8 @@ def test_darts_comparison_tables_means_and_histograms(tmp_path):
     assert kdl["test_accuracy"]["mean"] == pytest.approx(0.85)
     assert kdl["test_accuracy"]["std"] == pytest.approx(0.05)
     assert kdl["params"]["mean"] == 1500 and kdl["complexity"]["mean"] == pytest.approx(0.375)
-    assert kdl["op_histogram"] == {"skip_connect": 2, "sep_conv_3x3": 4}
+    assert kdl["op_histogram"] == {"normal": {"skip_connect": 2, "sep_conv_3x3": 4}, "reduce": {"max_pool_3x3": 4}}
+    assert kdl["pool_skip_none_edges_per_seed"] == 3
     assert kdl["search_minutes"]["mean"] == pytest.approx(2.0)
     table = darts_comparison.markdown(result)
     assert "85.00 ± 5.00 %" in table and "71.00 ± 1.00 %" in table
