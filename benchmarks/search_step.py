@@ -207,10 +207,9 @@ def main():
         print(_MARK + json.dumps(row), flush=True)
         return
 
-    from rkdsc_jax import files
-
     setting = {k: getattr(args, k) for k in ("layers", "channels", "batch_size", "image_size", "in_channels")}
-    print(f"DARTS search step, {setting}, {os.cpu_count()} cores; one process per configuration.", flush=True)
+    print(f"DARTS search step, {setting}, {len(os.sched_getaffinity(0))} of {os.cpu_count()} cores; one process "
+          "per configuration.", flush=True)
     rows = []
     for framework, order, variant in _configurations(args):
         command = [sys.executable, "-m", "benchmarks.search_step", f"--worker={framework}:{order}:{variant}",
@@ -222,6 +221,7 @@ def main():
         rows.append(json.loads(lines[-1][len(_MARK):]))
         r = rows[-1]
         print(f"  {framework} {order} {r['variant']}: {1e3 * r['median_step_s']:.0f} ms/step", flush=True)
+        _write(args, setting, rows)  # After every configuration: a long run stopped early keeps its rows.
     for row in rows:
         torch_rows = [r for r in rows if r["framework"] == "torch" and r["order"] == row["order"]]
         row["vs_torch_best"] = (min(r["median_step_s"] for r in torch_rows) / row["median_step_s"]
@@ -242,10 +242,16 @@ def main():
             print(f"\nJAX {r['order']} {r['variant']}: XLA op time by pass: {passes}; top operations:")
             for name, ms in p["top_ops_ms"]:
                 print(f"  {ms:8.1f} ms  {name}")
-    result = {"benchmark": "search_step", "setting": setting, "cpu_count": os.cpu_count(), "steps": args.steps,
-              "rows": rows}
-    files.atomic_write_json(args.out, result)
+    _write(args, setting, rows)
     print(f"wrote {args.out}")
+
+
+def _write(args, setting: dict, rows: list[dict]) -> None:
+    from rkdsc_jax import files
+
+    files.atomic_write_json(args.out, {"benchmark": "search_step", "setting": setting, "cpu_count": os.cpu_count(),
+                                       "cpus_allowed": len(os.sched_getaffinity(0)), "steps": args.steps,
+                                       "rows": rows})
 
 
 if __name__ == "__main__":

@@ -161,6 +161,12 @@ class Search:
         logits = self.model(x) if params is None else functional_call(self.model, params, (x,))
         return F.cross_entropy(logits, y)
 
+    def _alpha_grad(self, loss, retain_graph=False):
+        """∂loss/∂α; zeros for a cell type the network does not have (e.g. one reduction cell)."""
+        alphas = self.model.arch_parameters()
+        grads = torch.autograd.grad(loss, alphas, retain_graph=retain_graph, allow_unused=True)
+        return [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grads)]
+
     def _arch_step_second_order(self, x, y, xv, yv):
         """DARTS ``Architect._backward_step_unrolled`` with the finite-difference HVP."""
         weights = self.model.weight_parameters()
@@ -173,17 +179,17 @@ class Search:
         alphas = self.model.arch_parameters()
         unrolled_list = [unrolled[n] for n in self.names]
         loss = self._loss(xv, yv, unrolled)
-        d_alpha = torch.autograd.grad(loss, alphas, retain_graph=True)
+        d_alpha = self._alpha_grad(loss, retain_graph=True)
         vector = torch.autograd.grad(loss, unrolled_list)
         radius = 0.01 / torch.cat([v.reshape(-1) for v in vector]).norm()
         with torch.no_grad():
             for w, v in zip(weights, vector):
                 w.add_(v, alpha=radius)
-        grads_p = torch.autograd.grad(self._loss(x, y), alphas)
+        grads_p = self._alpha_grad(self._loss(x, y))
         with torch.no_grad():
             for w, v in zip(weights, vector):
                 w.sub_(v, alpha=2 * radius)
-        grads_n = torch.autograd.grad(self._loss(x, y), alphas)
+        grads_n = self._alpha_grad(self._loss(x, y))
         with torch.no_grad():
             for w, v in zip(weights, vector):
                 w.add_(v, alpha=radius)

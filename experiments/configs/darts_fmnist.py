@@ -12,10 +12,13 @@
 
 ``scripts/darts_fmnist.sh`` runs all of it (3 seeds of each, two runs at a time) and
 tabulates the results.  Supernet: 3 cells (normal, reduce, reduce) × 8 channels on
-Fashion-MNIST resized to 16×16, 4k training examples split 2k/2k, batch 32, 3 epochs, first
-order; one search is ~7 minutes of one core after its first compile (BUILD.md).  XLA's
-CPU step is dominated by the backward of the depthwise convolutions; see
-benchmarks/search_step.py.
+Fashion-MNIST resized to 16×16, 4k training examples split 2k/2k, batch 32, 3 epochs (186
+steps), first order.  Measured with two runs at a time on 2 cores: a search takes 15–23
+minutes (3.7–5.8 s per step; the first of each variant also compiles the step for ~7
+minutes, later seeds load it from the compilation cache), a retrain (6 cells × 16 channels,
+2 epochs of 20k images, 313 steps) 11–25 minutes; the whole script about two hours.  XLA's
+CPU step is dominated by the backward of the depthwise convolutions
+(``benchmarks/search_step.py --profile_dir``).
 """
 
 import ml_collections
