@@ -51,19 +51,21 @@ def show_progress() -> None:
 
 # mode -> (module, function); imported only when run, so one mode's imports never slow another.
 MODES = {
-    "train_classifier": ("experiments.classifier", "train_classifier"),
-    "finetune_teacher": ("experiments.teacher", "finetune"),
-    "precompute_logits": ("experiments.ltosc", "precompute_logits"),
-    "verify_logits": ("experiments.ltosc", "verify_logits"),
-    "ltosc": ("experiments.ltosc", "run_method"),
-    "evaluate": ("experiments.ltosc", "evaluate"),
-    "ltosc_study": ("experiments.ltosc", "study"),
-    "search": ("experiments.nas", "search"),
-    "retrain": ("experiments.nas", "retrain"),
-    "rkd_stage1": ("experiments.rkdsc", "rkd_stage1"),
-    "rkd_stage2": ("experiments.rkdsc", "rkd_stage2"),
-    "rkdsc": ("experiments.rkdsc", "pipeline"),
-    "export": ("experiments.export", "export"),
+    "train_classifier": ("experiments.common.classifier", "train_classifier"),
+    "finetune_teacher": ("experiments.common.teacher", "finetune"),
+    "precompute_logits": ("experiments.ltosc.store", "precompute_logits"),
+    "verify_logits": ("experiments.ltosc.store", "verify_logits"),
+    "ltosc": ("experiments.ltosc.methods", "run_method"),
+    "evaluate": ("experiments.ltosc.modes", "evaluate"),
+    "ltosc_study": ("experiments.ltosc.modes", "study"),
+    "search": ("experiments.darts.search", "search"),
+    "retrain": ("experiments.darts.search", "retrain"),
+    "rkd_stage1": ("experiments.rkdsc.modes", "rkd_stage1"),
+    "rkd_stage2": ("experiments.rkdsc.modes", "rkd_stage2"),
+    "rkdsc": ("experiments.rkdsc.modes", "pipeline"),
+    # Each study exports its own systems: paper A's configs have a pipeline, paper B's a study.
+    "export": lambda config: ("experiments.rkdsc.modes" if "pipeline" in config else "experiments.ltosc.modes",
+                              "export"),
 }
 
 
@@ -73,7 +75,8 @@ def run_mode(config, workdir: str):
 
     if config.mode not in MODES:
         raise app.UsageError(f"Unknown mode {config.mode!r}; available: {sorted(MODES)}.")
-    module, function = MODES[config.mode]
+    target = MODES[config.mode]
+    module, function = target(config) if callable(target) else target
     return getattr(importlib.import_module(module), function)(config, workdir)
 
 

@@ -36,7 +36,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
 import time
 from typing import Any, NamedTuple, Sequence
 
@@ -45,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from rkdsc_jax import channels as channels_lib
 from rkdsc_jax import files
@@ -151,7 +151,7 @@ def _count(tree) -> int:
     return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
 
 
-def export(directory: str, spec: SystemSpec, variables: dict, *, metadata: dict | None = None,
+def export(directory: epath.PathLike, spec: SystemSpec, variables: dict, *, metadata: dict | None = None,
            overwrite: bool = False) -> dict:
     """Writes ``spec.json``, ``transmitter/`` and ``receiver/`` into ``directory``, atomically.
 
@@ -159,12 +159,12 @@ def export(directory: str, spec: SystemSpec, variables: dict, *, metadata: dict 
     parts such as RKD-SC's stage-1 projection are left out). ``metadata``: anything JSON-able
     to keep beside the spec (the run it came from, its accuracy). Returns the written spec.
     """
-    directory = os.path.abspath(directory)
-    if os.path.exists(directory):
+    directory = files.absolute(directory)
+    if directory.exists():
         if not overwrite:
             raise FileExistsError(f"{directory} already exists; pass overwrite=True (or --config.export.overwrite) "
                                   "to replace it.")
-        if not os.path.exists(os.path.join(directory, SPEC_FILE)):
+        if not (directory / SPEC_FILE).exists():
             raise FileExistsError(f"{directory} exists and is not an export (no {SPEC_FILE}); refusing to replace "
                                   "it. Choose another directory.")
     variables = {k: v for k, v in variables.items() if v}  # Drop empty collections (no batch norm).
@@ -175,39 +175,41 @@ def export(directory: str, spec: SystemSpec, variables: dict, *, metadata: dict 
                "jax_version": jax.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "metadata": metadata or {}}
     # Build the whole export beside its destination, then rename: readers never see half of one.
-    staging = f"{directory}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
+    # (On object stores such as gs://, which have no directory rename, the rename is a copy.)
+    staging = directory.parent / f"{directory.name}.partial-{os.getpid()}"
+    if staging.exists():
+        staging.rmtree()
+    staging.mkdir(parents=True)
     checkpointer = ocp.StandardCheckpointer()
     for name, tree in (("transmitter", transmitter), ("receiver", receiver)):
-        checkpointer.save(os.path.join(staging, name), tree)
+        checkpointer.save(staging / name, tree)
     checkpointer.wait_until_finished()
     checkpointer.close()
-    files.atomic_write_json(os.path.join(staging, SPEC_FILE), written)
-    previous = f"{directory}.previous-{os.getpid()}"
-    if os.path.exists(directory):
-        os.replace(directory, previous)
-    os.replace(staging, directory)
-    shutil.rmtree(previous, ignore_errors=True)
+    files.atomic_write_json(staging / SPEC_FILE, written)
+    previous = directory.parent / f"{directory.name}.previous-{os.getpid()}"
+    if directory.exists():
+        directory.replace(previous)
+    staging.replace(directory)
+    if previous.exists():
+        previous.rmtree()
     return written
 
 
-def read_spec(directory: str) -> dict:
+def read_spec(directory: epath.PathLike) -> dict:
     """The ``spec.json`` of an export, checked for its format."""
-    path = os.path.join(directory, SPEC_FILE)
-    if not os.path.exists(path):
+    path = epath.Path(directory) / SPEC_FILE
+    if not path.exists():
         raise FileNotFoundError(f"{path} not found: {directory} is not an rkdsc_jax export. Write one with "
                                 "rkdsc_jax.deploy.export or `--config.mode=export`.")
-    with open(path) as f:
-        spec = json.load(f)
+    spec = json.loads(path.read_text())
     if spec.get("format") != FORMAT:
         raise ValueError(f"{path} has format {spec.get('format')!r}; this rkdsc_jax reads {FORMAT!r}.")
     return spec
 
 
-def _restore(directory: str, half: str) -> dict:
-    path = os.path.join(os.path.abspath(directory), half)
-    if not os.path.isdir(path):
+def _restore(directory: epath.PathLike, half: str) -> dict:
+    path = files.absolute(directory) / half
+    if not path.is_dir():
         raise FileNotFoundError(f"{path} is missing: the export in {directory} is incomplete; export it again.")
     checkpointer = ocp.StandardCheckpointer()
     try:
@@ -241,8 +243,8 @@ class Transmission(NamedTuple):
 
 
 class _Half:
-    def __init__(self, directory: str, half: str):
-        self.directory = os.path.abspath(directory)
+    def __init__(self, directory: epath.PathLike, half: str):
+        self.directory = files.absolute(directory)
         self.info = read_spec(self.directory)
         self.spec = SystemSpec.from_dict(self.info["system"])
         self.model = self.spec.build()

@@ -79,15 +79,13 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def plot_accuracy_vs_snr(curves: Curves, path: str, *, title: str = "", ylabel: str = "accuracy (%)") -> None:
+def plot_accuracy_vs_snr(curves: Curves, path, *, title: str = "", ylabel: str = "accuracy (%)") -> None:
     """One panel per channel; mean over seeds as a line, ± one standard deviation shaded."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # The object API: the caller's backend is never changed.
 
     kinds = sorted({kind for method in curves.values() for kind in method})
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 4), squeeze=False, sharey=True)
+    fig = Figure(figsize=(5.2 * len(kinds), 4))
+    axes = fig.subplots(1, len(kinds), squeeze=False, sharey=True)
     for ax, kind in zip(axes[0], kinds):
         for method, by_kind in curves.items():
             if kind not in by_kind:
@@ -107,15 +105,14 @@ def plot_accuracy_vs_snr(curves: Curves, path: str, *, title: str = "", ylabel: 
         fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)
 
 
-def save_figure(fig, path: str) -> None:
-    """Writes a matplotlib figure atomically (PNG bytes, then rename)."""
+def save_figure(fig, path, dpi: int = 120) -> None:
+    """Writes a matplotlib figure atomically (PNG bytes, then rename), on any file system."""
     import io
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format=os.path.splitext(path)[1][1:] or "png", dpi=120)
+    fig.savefig(buffer, format=os.path.splitext(os.fspath(path))[1][1:] or "png", dpi=dpi)
     files.atomic_write_bytes(path, buffer.getvalue())
 
 

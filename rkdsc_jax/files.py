@@ -1,36 +1,43 @@
-"""Atomic file writes: a reader (or a crash) never sees half a file."""
+"""Files on any file system ``etils.epath`` reaches (local disks, ``gs://``): atomic writes
+(a reader, or a crash, never sees half a file) and JSON reads.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
+import uuid
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+def atomic_write_bytes(path: epath.PathLike, data: bytes) -> None:
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f:
+        with tmp.open("wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+            try:  # Local files: on disk before the rename makes them visible.
+                os.fsync(f.fileno())
+            except (AttributeError, OSError, io.UnsupportedOperation):
+                pass
+        tmp.replace(path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
         raise
 
 
-def atomic_write_text(path: str, text: str) -> None:
+def atomic_write_text(path: epath.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _to_builtin(obj: Any) -> Any:
+def to_builtin(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
     if hasattr(obj, "tolist"):  # numpy and jax arrays.
@@ -38,5 +45,25 @@ def _to_builtin(obj: Any) -> Any:
     raise TypeError(f"Cannot write {type(obj).__name__} as JSON.")
 
 
-def atomic_write_json(path: str, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_to_builtin) + "\n")
+def atomic_write_json(path: epath.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=to_builtin) + "\n")
+
+
+def read_json(path: epath.PathLike) -> Any | None:
+    """The JSON object at ``path``, or None when there is no file."""
+    path = epath.Path(path)
+    if not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def is_local(path: epath.PathLike) -> bool:
+    """Whether ``path`` is on a local disk (not ``gs://``, ``s3://`` or another URL)."""
+    return "://" not in os.fspath(path)
+
+
+def absolute(path: epath.PathLike) -> epath.Path:
+    """``path`` made absolute against the working directory (Orbax wants that); ``gs://``
+    paths already are."""
+    path = epath.Path(path)
+    return path if path.is_absolute() else epath.Path(os.path.abspath(path))

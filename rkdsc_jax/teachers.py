@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from etils import epath
 
 from rkdsc_jax.models import convert, hf_vision
 
@@ -118,7 +119,7 @@ class Teacher:
                 "image_size": self.preprocess.image_size, "params_sha256": self._hash}
 
 
-def _linear_head(params, features):
+def linear_head(params, features):
     return features @ params["kernel"] + params["bias"]
 
 
@@ -135,7 +136,7 @@ def efficientnet_lite0_teacher(cache_dir: str | None = None) -> Teacher:
                             train=False, output="features")
 
     return Teacher("efficientnet-lite0/imagenet", body, TeacherPreprocess(224, *HALF_STATS), feature_fn,
-                   _linear_head, {"kernel": fc["kernel"], "bias": fc["bias"]}, "imagenet",
+                   linear_head, {"kernel": fc["kernel"], "bias": fc["bias"]}, "imagenet",
                    tuple(str(i) for i in range(1000)))
 
 
@@ -153,7 +154,7 @@ def vit_teacher(path_or_hub_id: str, image_stats=HALF_STATS) -> Teacher:
 
     names = tuple(config.id2label[i] for i in range(config.num_labels))
     return Teacher(f"vit:{path_or_hub_id}", body, TeacherPreprocess(tuple(config.image_size), *image_stats),
-                   feature_fn, _linear_head, dict(classifier), "vit-classifier", names)
+                   feature_fn, linear_head, dict(classifier), "vit-classifier", names)
 
 
 def clip_teacher(path_or_hub_id: str, class_names: Sequence[str] = (), prompt: str = "a photo of a {}.",
@@ -177,13 +178,13 @@ def clip_teacher(path_or_hub_id: str, class_names: Sequence[str] = (), prompt: s
     text = module.apply(variables, jnp.asarray(ids), jnp.asarray(mask), method="encode_text")
     scale = jnp.exp(variables["params"]["logit_scale"])  # 100 for the OpenAI checkpoints.
     head = {"kernel": (scale * text).T, "bias": jnp.zeros(len(class_names))}
-    return teacher.with_head(_linear_head, head, "clip-zero-shot", class_names)
+    return teacher.with_head(linear_head, head, "clip-zero-shot", class_names)
 
 
 def _checkpoint_tokenizer(path_or_hub_id: str, max_length: int):
     from tokenizers import Tokenizer  # Rust tokenizers: no torch, no transformers.
 
-    directory = hf_vision._resolve_checkpoint_dir(path_or_hub_id)
+    directory = hf_vision.resolve_checkpoint_dir(path_or_hub_id)
     path = os.path.join(directory, "tokenizer.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{directory} has no tokenizer.json; pass tokenize= to clip_teacher.")
@@ -239,112 +240,28 @@ def fit_linear_probe(teacher: Teacher, features: Array, labels: Array, class_nam
 
     fitted = run(params)
     head = {"kernel": fitted["kernel"] / std[:, None], "bias": fitted["bias"] - (mean / std) @ fitted["kernel"]}
-    return teacher.with_head(_linear_head, head, "linear-probe", class_names)
+    return teacher.with_head(linear_head, head, "linear-probe", class_names)
 
 
-# --- Fine-tuning -------------------------------------------------------------------------
+# --- Fine-tuned weights (the fine-tuning run is experiments.common.teacher) -------------
 
 
-def _split_variables(variables: Any) -> tuple[Any, Any]:
-    """(trainable params, everything else, e.g. BatchNorm statistics)."""
-    return variables["params"], {k: v for k, v in variables.items() if k != "params"}
-
-
-def finetune_teacher(
-    teacher: Teacher,
-    train_iter,
-    *,
-    class_names: Sequence[str],
-    workdir: str,
-    num_steps: int,
-    batch_size: int,
-    learning_rate: float = 1e-4,
-    head_learning_rate: float = 1e-3,
-    weight_decay: float = 0.05,
-    warmup_steps: int = 100,
-    log_every: int = 50,
-    checkpoint_every: int = 500,
-    eval_fn: Callable[[Teacher], dict] | None = None,
-    seed: int = 0,
-    mesh=None,
-) -> Teacher:
-    """Fine-tunes the whole teacher and a new linear head on a task; resumable; saved with Orbax.
-
-    Needed when the pretrained features fit the task poorly (ImageNet features on
-    Fashion-MNIST).  ``train_iter`` yields batches with ``image`` in [0, 1] at any size (the
-    teacher's own preprocessing resizes) and ``label``.  BatchNorm statistics stay frozen
-    at their pretrained values (the usual choice for small fine-tuning batches), so the
-    network runs exactly as at inference.  The backbone and the head get separate AdamW
-    learning rates with one warm-up + cosine schedule.  Checkpoints go to
-    ``workdir/checkpoints`` (a rerun resumes), the result to ``workdir/teacher`` (see
-    ``load_finetuned_teacher``), and the returned teacher carries the fitted head.
-    """
-    from rkdsc_jax.train import loop, mesh as mesh_lib, state as state_lib
-
-    mesh = mesh or mesh_lib.make_mesh()
-    network, frozen = _split_variables(teacher.variables)
-    feature_dim = jax.eval_shape(
-        lambda v: teacher.feature_fn(v, teacher.preprocess(jnp.zeros((1, 8, 8, 3)))), teacher.variables).shape[-1]
-    head = {"kernel": jnp.zeros((feature_dim, len(class_names))), "bias": jnp.zeros(len(class_names))}
-
-    def schedule(peak):
-        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps, max(num_steps, warmup_steps + 1))
-
-    tx = optax.multi_transform(
-        {"network": optax.adamw(schedule(learning_rate), weight_decay=weight_decay),
-         "head": optax.adamw(schedule(head_learning_rate), weight_decay=0.0)},
-        {"network": "network", "head": "head"},
-    )
-    params = {"network": network, "head": head}
-    state = jax.jit(
-        lambda p: state_lib.TrainState.create(apply_fn=None, params=p, tx=tx, batch_stats=frozen,
-                                              rng=jax.random.PRNGKey(seed)),
-        out_shardings=mesh_lib.replicated(mesh),
-    )(params)
-
-    def step(state, batch):
-        def loss_fn(p):
-            features = teacher.feature_fn({"params": p["network"], **state.batch_stats},
-                                          teacher.preprocess(batch["image"]))
-            logits = _linear_head(p["head"], features)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-            return loss, logits
-
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
-        return state.apply_gradients(grads=grads), metrics
-
-    def state_to_teacher(state) -> Teacher:
-        variables = {"params": state.params["network"], **state.batch_stats}
-        tuned = Teacher(f"{teacher.name}+finetuned", variables, teacher.preprocess, teacher.feature_fn)
-        return tuned.with_head(_linear_head, state.params["head"], "finetuned", class_names)
-
-    config = loop.LoopConfig(num_steps=num_steps, batch_size=batch_size, log_every=log_every,
-                             checkpoint_every=checkpoint_every)
-    wrapped_eval = (lambda s: eval_fn(state_to_teacher(s))) if eval_fn else None
-    state, _ = loop.fit(state=state, train_step=loop.jit_train_step(step, mesh), train_iter=train_iter,
-                        mesh=mesh, workdir=workdir, config=config, eval_fn=wrapped_eval)
-    tuned = state_to_teacher(state)
-    save_teacher_weights(tuned, os.path.join(workdir, "teacher"))
-    return tuned
-
-
-def save_teacher_weights(teacher: Teacher, directory: str) -> None:
+def save_teacher_weights(teacher: Teacher, directory: epath.PathLike) -> None:
     """Writes the teacher's variables and head with Orbax (atomic) plus a JSON description."""
     import orbax.checkpoint as ocp
 
     from rkdsc_jax import files
 
-    directory = os.path.abspath(directory)
+    directory = files.absolute(directory)
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(os.path.join(directory, "weights"),
-                          {"variables": teacher.variables, "head": teacher.head_params}, force=True)
+        checkpointer.save(directory / "weights", {"variables": teacher.variables, "head": teacher.head_params},
+                          force=True)
     if jax.process_index() == 0:
-        files.atomic_write_json(os.path.join(directory, "teacher.json"),
+        files.atomic_write_json(directory / "teacher.json",
                                 teacher.identity() | {"class_names": list(teacher.class_names)})
 
 
-def load_finetuned_teacher(template: Teacher, directory: str) -> Teacher:
+def load_finetuned_teacher(template: Teacher, directory: epath.PathLike) -> Teacher:
     """Restores weights saved by ``save_teacher_weights`` into ``template``'s architecture.
 
     ``template`` is the pretrained teacher the fine-tuning started from (same loader).
@@ -353,9 +270,10 @@ def load_finetuned_teacher(template: Teacher, directory: str) -> Teacher:
 
     import orbax.checkpoint as ocp
 
-    directory = os.path.abspath(directory)
-    with open(os.path.join(directory, "teacher.json"), encoding="utf-8") as f:
-        description = json.load(f)
+    from rkdsc_jax import files
+
+    directory = files.absolute(directory)
+    description = json.loads((directory / "teacher.json").read_text(encoding="utf-8"))
     class_names = description["class_names"]
     feature_dim = jax.eval_shape(
         lambda v: template.feature_fn(v, template.preprocess(jnp.zeros((1, 8, 8, 3)))), template.variables).shape[-1]
@@ -366,9 +284,9 @@ def load_finetuned_teacher(template: Teacher, directory: str) -> Teacher:
                                                         sharding=sharding),
                          "bias": jax.ShapeDtypeStruct((len(class_names),), jnp.float32, sharding=sharding)}}
     with ocp.StandardCheckpointer() as checkpointer:
-        restored = checkpointer.restore(os.path.join(directory, "weights"), abstract)
+        restored = checkpointer.restore(directory / "weights", abstract)
     tuned = Teacher(description["name"], restored["variables"], template.preprocess, template.feature_fn)
-    tuned = tuned.with_head(_linear_head, restored["head"], "finetuned", class_names)
+    tuned = tuned.with_head(linear_head, restored["head"], "finetuned", class_names)
     if tuned.identity()["params_sha256"] != description["params_sha256"]:
         raise ValueError(f"{directory}: restored weights do not match the hash in teacher.json; "
                          "the files were modified or belong to another teacher.")

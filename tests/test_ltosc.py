@@ -193,12 +193,13 @@ def test_study_runs_every_stage_writes_the_report_and_resumes(tmp_path, monkeypa
     def fail(*args, **kwargs):
         raise AssertionError("a finished stage ran again")
 
-    for name in ("train_method", "precompute_logits", "verify_logits", "fdm_ablation", "teacher_curves"):
-        monkeypatch.setattr(ltosc, name, fail)
-    monkeypatch.setattr(ltosc.teacher_lib, "finetune", fail)
-    from experiments import export as export_lib
+    from experiments.common import teacher as teacher_lib
+    from experiments.ltosc import methods, modes, store
 
-    monkeypatch.setattr(export_lib, "export", fail)
+    for module, name in ((methods, "train_method"), (store, "precompute_logits"), (store, "verify_logits"),
+                         (modes, "fdm_ablation"), (modes, "teacher_curves"), (modes, "export"),
+                         (teacher_lib, "finetune")):
+        monkeypatch.setattr(module, name, fail)
     again = ltosc.study(config, workdir)
     assert again["curves"] == curves
 

@@ -9,12 +9,16 @@ import jax.numpy as jnp
 import pytest
 
 from experiments import rkdsc
+from experiments.common import export as export_lib
+from experiments.common import teacher as teacher_lib
 from experiments.configs import rkdsc_fmnist
-from rkdsc_jax import train
+from experiments.darts import search as darts_search
+from experiments.rkdsc import modes, stages
+from rkdsc_jax import genotype_data, train
 from rkdsc_jax.models import tosc
 from rkdsc_jax.nas import genotypes, network
 
-DARTS_V2 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "darts_v2_genotype.json")
+DARTS_V2 = genotype_data.path("DARTS_V2")
 
 
 def _tiny_config(vit_dir):
@@ -59,7 +63,7 @@ CHEAP_GENOTYPE = {
 
 
 def _fake_search(searches):
-    """A stand-in for experiments.nas.search (whose supernet takes minutes to compile on CPU,
+    """A stand-in for experiments.darts.search.search (whose supernet takes minutes to compile on CPU,
     see test_nas' slow test of the mode): writes a genotype where the real one writes its own."""
 
     def search(config, workdir):
@@ -81,14 +85,14 @@ def test_pipeline_runs_every_stage_resumes_after_a_kill_and_reports(tmp_path, mo
     config = _tiny_config(tiny_vit_dir)
     workdir = str(tmp_path / "pipeline")
     searches = []
-    monkeypatch.setattr(rkdsc.nas_experiment, "search", _fake_search(searches))
+    monkeypatch.setattr(darts_search, "search", _fake_search(searches))
 
     # Killed while training the last baseline: every earlier stage has written its output.
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(rkdsc, "train_cnn_baseline", killed)
+        patch.setattr(stages, "train_cnn_baseline", killed)
         with pytest.raises(KeyboardInterrupt):
             rkdsc.pipeline(config, workdir)
     for finished in ("teacher", "search", "runs/teacher", "runs/stage1/seed0", "runs/rkdsc/seed0",
@@ -103,8 +107,8 @@ def test_pipeline_runs_every_stage_resumes_after_a_kill_and_reports(tmp_path, mo
     def fail(*args, **kwargs):
         raise AssertionError("a finished stage ran again")
 
-    finished_stages = [(rkdsc.teacher_lib, "finetune"), (rkdsc.nas_experiment, "search"), (rkdsc, "teacher_curves"),
-                       (rkdsc, "train_stage1"), (rkdsc, "train_stage2")]
+    finished_stages = [(teacher_lib, "finetune"), (darts_search, "search"), (modes, "teacher_curves"),
+                       (stages, "train_stage1"), (stages, "train_stage2")]
     with monkeypatch.context() as patch:
         for module, name in finished_stages:
             patch.setattr(module, name, fail)
@@ -152,8 +156,8 @@ def test_pipeline_runs_every_stage_resumes_after_a_kill_and_reports(tmp_path, mo
 
     # A third run redoes nothing and reports the same numbers.
     with monkeypatch.context() as patch:
-        for module, name in [*finished_stages, (rkdsc, "train_cnn_baseline"), (rkdsc, "encoder_latency"),
-                             (rkdsc.export_lib, "export")]:
+        for module, name in [*finished_stages, (stages, "train_cnn_baseline"), (stages, "encoder_latency"),
+                             (modes, "export"), (export_lib, "export_run")]:
             patch.setattr(module, name, fail)
         again = rkdsc.pipeline(config, workdir)
     assert again["curves"] == curves
@@ -163,7 +167,7 @@ def test_a_teacher_for_other_classes_is_refused(tmp_path, tiny_vit_dir):
     config = _tiny_config(tiny_vit_dir)
     config.teacher.finetune.enabled = False  # The saved ViT predicts 3 classes; the data has 10.
     with pytest.raises(ValueError, match="predicts 3 classes but synthetic has 10"):
-        rkdsc._Setup(config, str(tmp_path))
+        rkdsc.Setup(config, str(tmp_path))
 
 
 def test_genotype_encoder_is_the_cell_network_without_its_head():

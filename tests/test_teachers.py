@@ -81,7 +81,7 @@ def test_linear_probe_fits_separable_classes():
     base = teachers.Teacher("identity", {}, teachers.TeacherPreprocess(4, (0, 0, 0), (1, 1, 1)),
                             lambda v, x: x.reshape(x.shape[0], -1))
     probe = teachers.fit_linear_probe(base, features, labels, [str(c) for c in range(5)], l2=1e-3)
-    logits = teachers._linear_head(probe.head_params, jnp.asarray(features, jnp.float32))
+    logits = teachers.linear_head(probe.head_params, jnp.asarray(features, jnp.float32))
     assert float(jnp.mean(jnp.argmax(logits, -1) == labels)) > 0.99
     with pytest.raises(ValueError, match="labels must be in"):
         teachers.fit_linear_probe(base, features, labels, ["a", "b"])
@@ -148,6 +148,7 @@ def test_clip_zero_shot_with_the_checkpoints_own_tokenizer(tmp_path):
 
 
 def test_finetuned_teacher_learns_the_task_saves_and_reloads(tmp_path):
+    from experiments.common.teacher import finetune_teacher
     from rkdsc_jax import data, train
 
     torch.manual_seed(0)
@@ -159,9 +160,9 @@ def test_finetuned_teacher_learns_the_task_saves_and_reloads(tmp_path):
     make_iter = lambda: data.train_iterator(source, batch_size=32, num_steps=40, seed=0,
                                             augment_config=data.AugmentConfig("none"))
     names = [f"c{i}" for i in range(4)]
-    tuned = teachers.finetune_teacher(pretrained, make_iter(), class_names=names, workdir=str(tmp_path / "ft"),
-                                      num_steps=40, batch_size=32, learning_rate=1e-3, head_learning_rate=1e-2,
-                                      warmup_steps=5, log_every=10, checkpoint_every=20, mesh=train.make_mesh(2))
+    tuned = finetune_teacher(pretrained, make_iter(), class_names=names, workdir=str(tmp_path / "ft"),
+                             save_to=str(tmp_path / "ft" / "teacher"), num_steps=40, batch_size=32, learning_rate=1e-3, head_learning_rate=1e-2,
+                             warmup_steps=5, log_every=10, checkpoint_every=20, mesh=train.make_mesh(2))
     rows = train.read_metrics(str(tmp_path / "ft" / "metrics.jsonl"), "train")
     assert rows[-1]["loss"] < 0.5 * rows[0]["loss"]
     test = data.synthetic("test", 128, image_shape=(24, 24, 3), num_classes=4, seed=3)
@@ -174,6 +175,7 @@ def test_finetuned_teacher_learns_the_task_saves_and_reloads(tmp_path):
     np.testing.assert_array_equal(reloaded.logits(images), tuned.logits(images))
     assert reloaded.identity() == tuned.identity()
     # Finished runs are not redone: a second call resumes at the last step and returns the same teacher.
-    again = teachers.finetune_teacher(pretrained, make_iter(), class_names=names, workdir=str(tmp_path / "ft"),
-                                      num_steps=40, batch_size=32, mesh=train.make_mesh(2))
+    again = finetune_teacher(pretrained, make_iter(), class_names=names, workdir=str(tmp_path / "ft"),
+                             save_to=str(tmp_path / "ft" / "teacher"), num_steps=40, batch_size=32,
+                             mesh=train.make_mesh(2))
     assert again.identity() == tuned.identity()

@@ -15,6 +15,9 @@ and "plain" (λ = μ = 0: DARTS).
 
 import ml_collections
 
+from experiments.configs import common
+from experiments.configs.common import field
+
 
 def get_config(variant: str = "kdl") -> ml_collections.ConfigDict:
     if variant not in ("kdl", "plain"):
@@ -23,19 +26,8 @@ def get_config(variant: str = "kdl") -> ml_collections.ConfigDict:
     config.mode = "search"
     config.seed = 0
 
-    config.data = ml_collections.ConfigDict()
-    config.data.name = "cifar10"
-    config.data.data_dir = ml_collections.FieldReference(None, field_type=str)
-    config.data.train_split = "train"
-    config.data.eval_split = "test"
-    config.data.num_train_examples = ml_collections.FieldReference(None, field_type=int)
-    config.data.split_seed = 0
-    config.data.augment = "crop_flip"
-    config.data.crop_padding = 4
-    config.data.image_size = ml_collections.FieldReference(None, field_type=int)
-    config.data.channels = ml_collections.FieldReference(None, field_type=int)
-    config.data.normalization = "unit"
-    config.data.worker_count = 0
+    config.data = common.data("cifar10", normalization="unit", crop_padding=4)
+    config.data.split_seed = 0  # The search's train/validation halves.
 
     s = config.search = ml_collections.ConfigDict()
     s.layers = 8
@@ -59,7 +51,7 @@ def get_config(variant: str = "kdl") -> ml_collections.ConfigDict:
     s.a_b1 = 0.5
     s.a_b2 = 0.999
     s.a_weight_decay = 1e-3
-    s.max_skip = ml_collections.FieldReference(None, field_type=int)
+    s.max_skip = field(None, int)
     s.cap_cells = ("normal",)
     s.impl = "auto"
 
@@ -70,7 +62,7 @@ def get_config(variant: str = "kdl") -> ml_collections.ConfigDict:
                                                       "convs_per_stage": 1, "hidden": 128, "dropout": 0.25})
 
     r = config.retrain = ml_collections.ConfigDict()
-    r.genotype = "/work/shared/data/darts_v2_genotype.json"
+    r.genotype = "DARTS_V2"  # The package's copy of the published cell; or a JSON path / search workdir.
     r.layers = 20
     r.channels = 36
     r.epochs = 600.0
@@ -82,8 +74,8 @@ def get_config(variant: str = "kdl") -> ml_collections.ConfigDict:
     r.auxiliary = True
     r.aux_weight = 0.4
     r.drop_path_prob = 0.2
-    r.num_train_examples = ml_collections.FieldReference(None, field_type=int)
-    r.num_eval_examples = ml_collections.FieldReference(None, field_type=int)
+    r.num_train_examples = field(None, int)
+    r.num_eval_examples = field(None, int)
 
     config.train = ml_collections.ConfigDict()
     config.train.log_every = 50
@@ -91,8 +83,5 @@ def get_config(variant: str = "kdl") -> ml_collections.ConfigDict:
     config.train.eval_batch_size = 500
     config.train.keep_checkpoints = 2
 
-    config.mesh = ml_collections.ConfigDict()
-    config.mesh.num_devices = ml_collections.FieldReference(None, field_type=int)
-    config.mesh.distributed = False
-    config.mesh.host_devices = 8
+    config.mesh = common.mesh()
     return config

@@ -18,6 +18,8 @@ method trains for one epoch (469 steps of 128), which keeps the study near an ho
 
 import ml_collections
 
+from experiments.configs import common
+from experiments.configs.common import field
 from rkdsc_jax.models.efficientnet import EFFICIENTNET_SMALL_INPUT
 from rkdsc_jax.models.tinyvit import TINYVIT_SMALL_INPUT
 
@@ -27,66 +29,22 @@ from rkdsc_jax.models.tinyvit import TINYVIT_SMALL_INPUT
 RESNET_FMNIST = dict(stage_sizes=(1, 1, 1, 1), widths=(24, 48, 96, 192), bottleneck=False, small_input=True)
 
 
-def _field(value, field_type):
-    return ml_collections.FieldReference(value, field_type=field_type)
-
-
-def export_config(method: str) -> ml_collections.ConfigDict:
-    """Mode ``export`` (and the pipelines' last stage): the deployable transmitter and receiver."""
-    export = ml_collections.ConfigDict()
-    export.method = method
-    export.seed = _field(None, int)  # None: the pipeline's first seed.
-    export.directory = _field(None, str)  # None: <workdir>/export/<method>_seed<seed>.
-    export.overwrite = False
-    export.latency_repeats = 100
-    return export
-
-
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.mode = "ltosc_study"
     config.method = "l_tosc_kd"
     config.seed = 0
-    config.study_dir = _field(None, str)  # mode ltosc: where the teacher and store live.
+    config.study_dir = field(None, str)  # mode ltosc: where the teacher and store live.
 
-    config.data = ml_collections.ConfigDict()
-    config.data.name = "fashion_mnist"
-    config.data.data_dir = _field(None, str)
-    config.data.train_split = "train"
-    config.data.eval_split = "test"
-    config.data.num_train_examples = _field(None, int)  # A random subset (size sweep).
-    config.data.subset_seed = 0
-    config.data.num_eval_examples = _field(None, int)
-    config.data.augment = "crop_flip"
-    config.data.crop_padding = 2
-    config.data.resize_to = _field(None, int)  # TFDS images of varying size (ImageNet).
-    config.data.image_size = _field(None, int)
-    config.data.channels = _field(None, int)
-    config.data.normalization = "fashion_mnist"  # The student's input normalisation.
-    config.data.worker_count = 0
+    config.data = common.data("fashion_mnist", normalization="fashion_mnist")  # The student's input.
+    config.data.subset_seed = 0  # num_train_examples: a random subset (the size sweep).
+    config.data.num_eval_examples = field(None, int)
+    config.data.resize_to = field(None, int)  # TFDS images of varying size (ImageNet).
 
-    config.teacher = ml_collections.ConfigDict()
-    config.teacher.kind = "efficientnet_lite0"
-    config.teacher.hub_id = _field(None, str)
-    config.teacher.prompt = "a photo of a {}."
-    config.teacher.image_size = 32
-    config.teacher.cache_dir = _field(None, str)
-    config.teacher.finetuned_dir = _field(None, str)  # Default: <workdir>/teacher/teacher.
-    config.teacher.finetune = ml_collections.ConfigDict()
-    config.teacher.finetune.enabled = True
-    config.teacher.finetune.num_epochs = 1.0
-    config.teacher.finetune.num_steps = _field(None, int)
-    config.teacher.finetune.num_train_examples = _field(None, int)
-    config.teacher.finetune.batch_size = 64
-    config.teacher.finetune.learning_rate = 5e-4
-    config.teacher.finetune.head_learning_rate = 3e-3
-    config.teacher.finetune.weight_decay = 0.01
-    config.teacher.finetune.warmup_steps = 100
-    config.teacher.finetune.log_every = 50
-    config.teacher.finetune.checkpoint_every = 200
+    config.teacher = common.teacher()
 
     config.store = ml_collections.ConfigDict()
-    config.store.directory = _field(None, str)  # Default: <workdir>/logits.
+    config.store.directory = field(None, str)  # Default: <workdir>/logits.
     config.store.top_k = 3
     config.store.temperature = 1.0
     config.store.num_epochs = 3
@@ -103,7 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
     })
     config.model.num_symbols = 16
     config.model.channel_adaptive = True
-    config.model.cam_hidden = _field(None, int)
+    config.model.cam_hidden = field(None, int)
     config.model.decoder_hidden = 512
 
     config.objective = ml_collections.ConfigDict()
@@ -114,30 +72,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.objective.channels = ("awgn", "rayleigh")
     config.objective.rate_estimator = "paper"
 
-    config.channel = ml_collections.ConfigDict()
-    config.channel.csi = "perfect"
-    config.channel.equalizer = "mmse"
+    config.channel = common.channel()
 
-    config.train = ml_collections.ConfigDict()
-    config.train.batch_size = 128
-    config.train.num_epochs = 1.0  # 469 steps: the whole study (12 runs + sweeps) in ~1 h on 2 cores.
-    config.train.num_steps = _field(None, int)
-    config.train.optimizer = "adamw"
-    config.train.learning_rate = 2e-3
-    config.train.warmup_steps = 100
-    config.train.weight_decay = 0.05
-    config.train.momentum = 0.9
-    config.train.grad_clip_norm = _field(None, float)
-    config.train.log_every = 50
-    config.train.checkpoint_every = 500
-    config.train.keep_checkpoints = 2
+    # 469 steps of one epoch: the whole study (12 runs + sweeps) in ~1 h on 2 cores.
+    config.train = common.train(batch_size=128, num_epochs=1.0, learning_rate=2e-3, warmup_steps=100,
+                                weight_decay=0.05)
 
-    config.eval = ml_collections.ConfigDict()
-    config.eval.batch_size = 512
-    config.eval.snrs_db = (-8.0, -4.0, 0.0, 4.0, 8.0, 12.0)
+    config.eval = common.channel_eval((-8.0, -4.0, 0.0, 4.0, 8.0, 12.0))
     config.eval.report_snrs_db = (-8.0, -4.0, 0.0, 4.0, 8.0, 12.0)
-    config.eval.channels = ("awgn", "rayleigh")
-    config.eval.seed = 1234
 
     config.study = ml_collections.ConfigDict()
     config.study.methods = ("l_tosc_kd", "l_tosc", "res_tosc", "eff_tosc")
@@ -149,10 +91,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.study.size_epoch_scale = ml_collections.ConfigDict({"1000": 10.0, "6000": 4.0})
     config.study.ablation_steps = 20
 
-    config.export = export_config("l_tosc_kd")  # Any method of study.methods.
-
-    config.mesh = ml_collections.ConfigDict()
-    config.mesh.num_devices = _field(None, int)
-    config.mesh.distributed = False
-    config.mesh.host_devices = 8
+    config.export = common.export("l_tosc_kd")  # Any method of study.methods.
+    config.mesh = common.mesh()
     return config

@@ -18,55 +18,30 @@ by the seeds).  Single stages: ``--config.mode=rkd_stage1`` / ``rkd_stage2`` wit
 
 import ml_collections
 
-from experiments.configs import darts_cifar10, ltosc_fmnist
-
-
-def _field(value, field_type):
-    return ml_collections.FieldReference(value, field_type=field_type)
+from experiments.configs import common, darts_cifar10
+from experiments.configs.common import field
 
 
 def _stage(batch_size: int, num_epochs: float, learning_rate: float, warmup_steps: int) -> ml_collections.ConfigDict:
-    stage = ml_collections.ConfigDict()
-    stage.batch_size = batch_size
-    stage.num_epochs = num_epochs
-    stage.num_steps = _field(None, int)
-    stage.optimizer = "adamw"
-    stage.learning_rate = learning_rate
-    stage.warmup_steps = warmup_steps
-    stage.weight_decay = 1e-4
-    stage.momentum = 0.9
-    stage.grad_clip_norm = _field(5.0, float)
-    stage.log_every = 50
-    stage.checkpoint_every = 200
-    stage.keep_checkpoints = 2
-    return stage
+    return common.train(batch_size=batch_size, num_epochs=num_epochs, learning_rate=learning_rate,
+                        warmup_steps=warmup_steps, weight_decay=1e-4, grad_clip_norm=5.0, checkpoint_every=200)
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.mode = "rkdsc"
     config.seed = 0
-    config.pipeline_dir = _field(None, str)  # Modes rkd_stage1/2: where teacher/ and search/ live.
+    config.pipeline_dir = field(None, str)  # Modes rkd_stage1/2: where teacher/ and search/ live.
 
-    config.data = ml_collections.ConfigDict()
-    config.data.name = "fashion_mnist"
-    config.data.data_dir = _field(None, str)
-    config.data.train_split = "train"
-    config.data.eval_split = "test"
-    config.data.num_train_examples = _field(None, int)
-    config.data.subset_seed = 0
+    # The student's (and the supernet's) input normalisation.
+    config.data = common.data("fashion_mnist", normalization="fashion_mnist")
+    config.data.subset_seed = 0  # num_train_examples: a random subset.
     config.data.split_seed = 0  # The search's train/validation halves.
-    config.data.num_eval_examples = _field(2000, int)  # ±1 % standard error; None: all 10k.
-    config.data.augment = "crop_flip"
-    config.data.crop_padding = 2
-    config.data.resize_to = _field(None, int)
-    config.data.image_size = _field(None, int)
-    config.data.channels = _field(None, int)
-    config.data.normalization = "fashion_mnist"  # The student's (and the supernet's) input normalisation.
-    config.data.worker_count = 0
+    config.data.num_eval_examples = field(2000, int)  # ±1 % standard error; None: all 10k.
+    config.data.resize_to = field(None, int)
 
     # The offline teacher as paper B's study uses it, fine-tuned for fewer steps (~4 minutes).
-    config.teacher = ltosc_fmnist.get_config().teacher
+    config.teacher = common.teacher()
     config.teacher.finetune.num_steps = 120
     config.teacher.finetune.warmup_steps = 50
     config.teacher.finetune.log_every = 25
@@ -79,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.search = darts_cifar10.get_config("kdl").search
     s = config.search
     s.enabled = True
-    s.num_train_examples = _field(1280, int)  # Split 640 / 640.
+    s.num_train_examples = field(1280, int)  # Split 640 / 640.
     s.augment = "crop"
     s.layers = 3
     s.channels = 4
@@ -93,7 +68,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.student = ml_collections.ConfigDict()
     config.student.encoder = "genotype"  # Or any encoder of rkdsc_jax.models.tosc.ENCODERS.
-    config.student.genotype = _field(None, str)  # JSON path or search workdir; None: the pipeline's search.
+    config.student.genotype = field(None, str)  # JSON path or search workdir; None: the pipeline's search.
     config.student.encoders = ml_collections.ConfigDict({
         "genotype": dict(channels=8, layers=3),
         "tinyvit": dict(dims=(32, 64), depths=(1, 2), num_heads=(2, 4), windows=(7, 7)),
@@ -122,32 +97,22 @@ def get_config() -> ml_collections.ConfigDict:
     config.stage2.snr_range = (-10.0, 25.0)
     config.stage2.channels = ("awgn", "rayleigh")
     config.stage2.freeze_encoder = False
-    config.stage2.init_from = _field(None, str)  # Mode rkd_stage2: a stage-1 workdir.
+    config.stage2.init_from = field(None, str)  # Mode rkd_stage2: a stage-1 workdir.
 
     config.baselines = ml_collections.ConfigDict()
     config.baselines.cnn = dict(features=(32, 64))
     config.baselines.cnn_decoder_hidden = 256
 
-    config.channel = ml_collections.ConfigDict()
-    config.channel.csi = "perfect"
-    config.channel.equalizer = "mmse"
+    config.channel = common.channel()
 
-    config.eval = ml_collections.ConfigDict()
-    config.eval.batch_size = 512
-    config.eval.snrs_db = (-10.0, -5.0, 0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
-    config.eval.channels = ("awgn", "rayleigh")
+    config.eval = common.channel_eval((-10.0, -5.0, 0.0, 5.0, 10.0, 15.0, 20.0, 25.0))
     config.eval.bandwidth_snrs_db = (0.0, 10.0)
-    config.eval.seed = 1234
     config.eval.latency_repeats = 100
 
     config.pipeline = ml_collections.ConfigDict()
     config.pipeline.seeds = (0,)
     config.pipeline.methods = ("stage1", "rkdsc", "no_kd", "cnn")
 
-    config.export = ltosc_fmnist.export_config("rkdsc")  # rkdsc | no_kd | cnn
-
-    config.mesh = ml_collections.ConfigDict()
-    config.mesh.num_devices = _field(None, int)
-    config.mesh.distributed = False
-    config.mesh.host_devices = 8
+    config.export = common.export("rkdsc")  # rkdsc | no_kd | cnn
+    config.mesh = common.mesh()
     return config

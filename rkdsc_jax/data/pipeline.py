@@ -23,7 +23,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from rkdsc_jax.data.sources import DataSource
+from rkdsc_jax.data.sources import DataSource, read_batch  # noqa: F401  (read_batch: also this module's API)
 
 # Per-channel (mean, std) applied to images scaled to [0, 1].
 NORMALIZATIONS = {
@@ -152,18 +152,7 @@ def preprocess(images: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     return (x - mean) / std
 
 
-def read_batch(source: DataSource, indices: np.ndarray) -> dict[str, np.ndarray]:
-    """Stacks ``source[i]`` for ``indices``; uses the source's ``get_batch`` when it has one."""
-    if hasattr(source, "get_batch"):
-        return source.get_batch(indices)
-    records = [source[int(i)] for i in indices]
-    return {
-        "image": np.stack([np.asarray(r["image"], np.uint8) for r in records]),
-        "label": np.asarray([r["label"] for r in records], np.int32),
-    }
-
-
-def _check_sharding(batch_size: int, process_index: int, process_count: int) -> int:
+def check_sharding(batch_size: int, process_index: int, process_count: int) -> int:
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
     if batch_size % process_count:
@@ -174,13 +163,13 @@ def _check_sharding(batch_size: int, process_index: int, process_count: int) -> 
     return batch_size // process_count
 
 
-def _local_positions(step: int, global_batch: int, local_batch: int, process_index: int):
+def local_positions(step: int, global_batch: int, local_batch: int, process_index: int):
     """Flat stream positions of this process's rows of global batch ``step``."""
     start = step * global_batch + process_index * local_batch
     return np.arange(start, start + local_batch, dtype=np.int64)
 
 
-class _EpochPermutations:
+class EpochPermutations:
     """Maps flat stream positions to (epoch, example index); caches recent epochs."""
 
     def __init__(self, num_examples: int, seed: int, shuffle: bool):
@@ -211,7 +200,7 @@ class _TrainBatch:
     """grain map step: step number → this process's augmented, preprocessed batch."""
 
     source: Any
-    permutations: _EpochPermutations
+    permutations: EpochPermutations
     seed: int
     global_batch: int
     local_batch: int
@@ -220,7 +209,7 @@ class _TrainBatch:
     preprocess_config: PreprocessConfig
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
-        positions = _local_positions(step, self.global_batch, self.local_batch, self.process_index)
+        positions = local_positions(step, self.global_batch, self.local_batch, self.process_index)
         epochs, indices = self.permutations(positions)
         batch = read_batch(self.source, indices)
         aug_seeds = augmentation_seed(self.seed, indices, epochs)
@@ -234,7 +223,7 @@ class _TrainBatch:
         }
 
 
-def _maybe_prefetch(dataset: grain.IterDataset, worker_count: int) -> grain.IterDataset:
+def maybe_prefetch(dataset: grain.IterDataset, worker_count: int) -> grain.IterDataset:
     if worker_count > 0:
         return dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return dataset
@@ -258,12 +247,12 @@ def train_iterator(
     ``batch_size`` is global.  The iterator's ``get_state()``/``set_state()`` (or orbax via
     ``grain.checkpoint.CheckpointSave``) capture its position exactly.
     """
-    local_batch = _check_sharding(batch_size, process_index, process_count)
+    local_batch = check_sharding(batch_size, process_index, process_count)
     if len(source) < 1:
         raise ValueError(f"The training source {source!r} is empty.")
     make_batch = _TrainBatch(
         source=source,
-        permutations=_EpochPermutations(len(source), seed, shuffle),
+        permutations=EpochPermutations(len(source), seed, shuffle),
         seed=seed,
         global_batch=batch_size,
         local_batch=local_batch,
@@ -272,7 +261,7 @@ def train_iterator(
         preprocess_config=preprocess_config,
     )
     dataset = grain.MapDataset.range(num_steps).map(make_batch).to_iter_dataset()
-    return iter(_maybe_prefetch(dataset, worker_count))
+    return iter(maybe_prefetch(dataset, worker_count))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,7 +273,7 @@ class _EvalBatch:
     preprocess_config: PreprocessConfig
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
-        positions = _local_positions(step, self.global_batch, self.local_batch, self.process_index)
+        positions = local_positions(step, self.global_batch, self.local_batch, self.process_index)
         valid = positions < len(self.source)
         batch = read_batch(self.source, np.where(valid, positions, 0))
         return {
@@ -309,8 +298,8 @@ def eval_batches(
     The last batch is padded; ``mask`` is 1 for real examples and 0 for padding, so metrics
     are exact and every process runs the same number of steps.
     """
-    local_batch = _check_sharding(batch_size, process_index, process_count)
+    local_batch = check_sharding(batch_size, process_index, process_count)
     num_batches = math.ceil(len(source) / batch_size)
     make_batch = _EvalBatch(source, batch_size, local_batch, process_index, preprocess_config)
     dataset = grain.MapDataset.range(num_batches).map(make_batch).to_iter_dataset()
-    return iter(_maybe_prefetch(dataset, worker_count))
+    return iter(maybe_prefetch(dataset, worker_count))

@@ -280,6 +280,17 @@ class TfdsSource:
         return f"TfdsSource({self.info.name}/{self.info.split}, n={len(self)})"
 
 
+def read_batch(source: DataSource, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Stacks ``source[i]`` for ``indices``; uses the source's ``get_batch`` when it has one."""
+    if hasattr(source, "get_batch"):
+        return source.get_batch(indices)
+    records = [source[int(i)] for i in indices]
+    return {
+        "image": np.stack([np.asarray(r["image"], np.uint8) for r in records]),
+        "label": np.asarray([r["label"] for r in records], np.int32),
+    }
+
+
 class SubsetSource:
     """A view of ``source`` restricted to ``indices`` (used for train/validation splits)."""
 
@@ -296,8 +307,6 @@ class SubsetSource:
         return self._source[int(self.indices[index])]
 
     def get_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        from rkdsc_jax.data.pipeline import read_batch  # Circular at module level.
-
         return read_batch(self._source, self.indices[indices])
 
     def __repr__(self) -> str:

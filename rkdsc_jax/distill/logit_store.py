@@ -12,19 +12,22 @@ On disk (``directory``), numpy and JSON only:
 * ``epoch{e:04d}-shard{j:04d}.npy``: the records of examples ``[j·S, min((j+1)·S, N))`` of
   epoch ``e`` in index order (S = ``shard_size``), one structured numpy array with fields
   ``probs`` float16 (K,), sorted descending, ``indices`` int16/int32 (K,), ``aug_seed``
-  uint32.  It memory-maps (``np.load(mmap_mode="r")``), so a store larger than RAM is fine.
+  uint32.  It memory-maps (``np.load(mmap_mode="r")``) on a local disk, so a store larger than RAM is
+  fine; on a remote file system (``gs://``, through ``etils.epath``) shards are read whole.
 * ``epoch{e:04d}-shard{j:04d}.json``: the shard's sidecar, written after the shard: its
   range, byte count, sha256 and the configuration it was computed with.  A shard counts as
   done (and is skipped on a rerun) only when its sidecar matches the run's configuration
   and the file's bytes match the sidecar's sha256.
 * ``manifest.json``: what a reader needs (format version, teacher and dataset identity,
   epochs, K, C, temperature, augmentation, seed, dtypes, every shard with its sha256).
-  Every file is written atomically (temporary file + ``os.replace``).
+  Every file is written atomically (temporary file + rename), local or remote.
 
 Several processes (hosts) write disjoint shards: global shard ``g = e·J + j`` belongs to
-process ``g mod P``.  Process 0 then polls until every shard's sidecar exists (up to
-``wait_timeout_s``) and writes ``manifest.json``; the other processes return a manifest of
-their own shards only.  Readers read ``manifest.json`` and nothing else.
+process ``g mod P``.  In a multi-process JAX job the processes then meet at a barrier
+(``jax.experimental.multihost_utils.sync_global_devices``) and process 0 writes
+``manifest.json``; processes run as separate jobs (``process_count`` > ``jax.process_count()``)
+instead poll until every shard's sidecar exists (up to ``wait_timeout_s``).  The other
+processes return a manifest of their own shards only.  Readers read ``manifest.json`` and nothing else.
 
 Batches never straddle shards and the last batch of a shard is padded with example 0, so the
 teacher always sees one batch shape and every example is computed in the same batch whatever
@@ -48,17 +51,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
 
 from rkdsc_jax import files
 from rkdsc_jax.data.pipeline import (
     AugmentConfig,
+    EpochPermutations,
     PreprocessConfig,
-    _check_sharding,
-    _EpochPermutations,
-    _local_positions,
-    _maybe_prefetch,
     augment_batch,
     augmentation_seed,
+    check_sharding,
+    local_positions,
+    maybe_prefetch,
     preprocess,
     read_batch,
 )
@@ -82,7 +87,7 @@ LogitsFn = Callable[[np.ndarray], Any]
 
 def _json_normal(obj: Any) -> Any:
     """``obj`` as it reads back from JSON (tuples → lists, numpy scalars → Python)."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=files._to_builtin))
+    return json.loads(json.dumps(obj, sort_keys=True, default=files.to_builtin))
 
 
 def dataset_identity(source: DataSource) -> dict[str, Any]:
@@ -125,18 +130,17 @@ def _sidecar_name(epoch: int, shard: int) -> str:
     return f"epoch{epoch:04d}-shard{shard:04d}.json"
 
 
-def _sha256_file(path: str, chunk: int = 1 << 24) -> str:
+def _sha256_file(path: epath.Path, chunk: int = 1 << 24) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with epath.Path(path).open("rb") as f:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
 
 
-def _read_json(path: str) -> Any | None:
+def _read_json(path: epath.Path) -> Any | None:
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(epath.Path(path).read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
@@ -298,16 +302,16 @@ class _ShardWriter:
         np.save(buffer, records, allow_pickle=False)
         data = buffer.getvalue()
         name = shard_name(epoch, j)
-        files.atomic_write_bytes(os.path.join(self.directory, name), data)
+        files.atomic_write_bytes(self.directory / name, data)
         info = ShardInfo(epoch, start, stop, name, hashlib.sha256(data).hexdigest(), len(data))
-        files.atomic_write_json(os.path.join(self.directory, _sidecar_name(epoch, j)),
+        files.atomic_write_json(self.directory / _sidecar_name(epoch, j),
                                 {**dataclasses.asdict(info), "config": self.config})
         self.written.append(info)
 
 
-def _done_shard(directory: str, epoch: int, j: int, config: dict, verify: bool) -> ShardInfo | None:
+def _done_shard(directory: epath.Path, epoch: int, j: int, config: dict, verify: bool) -> ShardInfo | None:
     """The shard's info when its sidecar matches ``config`` (and, if ``verify``, its bytes)."""
-    sidecar = _read_json(os.path.join(directory, _sidecar_name(epoch, j)))
+    sidecar = _read_json(directory / _sidecar_name(epoch, j))
     if sidecar is None:
         return None
     if sidecar.get("config") != config:
@@ -317,8 +321,8 @@ def _done_shard(directory: str, epoch: int, j: int, config: dict, verify: bool) 
             f"configuration ({'; '.join(diffs)}). Write this store into a new directory, or delete "
             "the old store's files first.")
     info = ShardInfo(**{k: sidecar[k] for k in ("epoch", "start", "stop", "file", "sha256", "nbytes")})
-    path = os.path.join(directory, info.file)
-    if not os.path.exists(path) or os.path.getsize(path) != info.nbytes:
+    path = directory / info.file
+    if not path.exists() or path.stat().length != info.nbytes:
         return None
     if verify and _sha256_file(path) != info.sha256:
         logging.warning("Shard %s fails its checksum; recomputing it.", path)
@@ -329,7 +333,7 @@ def _done_shard(directory: str, epoch: int, j: int, config: dict, verify: bool) 
 def precompute_logits(
     logits_fn: LogitsFn,
     source: DataSource,
-    directory: str,
+    directory: epath.PathLike,
     *,
     teacher_identity: Mapping[str, Any],
     num_epochs: int,
@@ -396,7 +400,8 @@ def precompute_logits(
         "seed": int(seed), "shard_size": int(shard_size), "value_dtype": VALUE_DTYPE,
         "index_dtype": index_dtype(num_classes), "seed_dtype": SEED_DTYPE,
     })
-    os.makedirs(directory, exist_ok=True)
+    directory = epath.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
 
     per_epoch = math.ceil(num_examples / shard_size)
     shards = [(e, j, j * shard_size, min((j + 1) * shard_size, num_examples))
@@ -436,12 +441,17 @@ def precompute_logits(
     for info in writer.written:
         done[(info.epoch, info.start // shard_size)] = info
     fields = dict(config, num_epochs=int(num_epochs))
+
+    # One JAX job: every process has written its shards once all reach the barrier.
+    barrier = process_count > 1 and jax.process_count() == process_count
+    if barrier:
+        multihost_utils.sync_global_devices(f"precompute_logits:{directory}")
     if process_index != 0:
         own = tuple(sorted(done.values(), key=lambda s: (s.epoch, s.start)))
         return Manifest(**fields, shards=own)
 
-    # Process 0: wait for every other process's shards, then write the manifest.
-    deadline = time.monotonic() + wait_timeout_s
+    # Process 0: read (separate jobs: wait for) every other process's shards, then write the manifest.
+    deadline = time.monotonic() + (0.0 if barrier else wait_timeout_s)
     missing = [(e, j) for e, j, _, _ in shards if (e, j) not in done]
     while True:
         still = []
@@ -464,8 +474,8 @@ def precompute_logits(
             "Run precompute_logits with those process_index values (it resumes), then rerun "
             "process 0 to write manifest.json.")
     manifest = Manifest(**fields, shards=tuple(done[(e, j)] for e, j, _, _ in shards))
-    files.atomic_write_json(os.path.join(directory, MANIFEST), manifest.to_json())
-    logging.info("precompute_logits: wrote %s (%d shards).", os.path.join(directory, MANIFEST), len(shards))
+    files.atomic_write_json(directory / MANIFEST, manifest.to_json())
+    logging.info("precompute_logits: wrote %s (%d shards).", directory / MANIFEST, len(shards))
     return manifest
 
 
@@ -518,7 +528,10 @@ class LogitStore:
     epochs in a longer training run).
     """
 
-    def __init__(self, directory: str, manifest: Manifest, top_k: int, mmap: bool = True):
+    def __init__(self, directory: epath.PathLike, manifest: Manifest, top_k: int, mmap: bool = True):
+        directory = epath.Path(directory)
+        # Memory maps need a local file; remote shards are read whole.
+        mmap = mmap and files.is_local(directory)
         self.directory, self.manifest, self._top_k, self._mmap = directory, manifest, top_k, mmap
         self._dtype = record_dtype(manifest.top_k, manifest.index_dtype)
         self._arrays: list[np.ndarray] | None = None
@@ -526,7 +539,7 @@ class LogitStore:
     @classmethod
     def open(
         cls,
-        directory: str,
+        directory: epath.PathLike,
         *,
         expect_teacher: Mapping[str, Any] | None = None,
         expect_dataset: Mapping[str, Any] | None = None,
@@ -541,9 +554,10 @@ class LogitStore:
         DATASET_FIELDS compared).  Shards are memory-mapped (``mmap``) and, with
         ``verify_checksums``, their sha256 checked first.
         """
-        path = os.path.join(directory, MANIFEST)
-        if not os.path.exists(path):
-            partial = any(n.endswith(".npy") for n in os.listdir(directory)) if os.path.isdir(directory) else False
+        directory = epath.Path(directory)
+        path = directory / MANIFEST
+        if not path.exists():
+            partial = any(p.name.endswith(".npy") for p in directory.iterdir()) if directory.is_dir() else False
             raise FileNotFoundError(
                 f"No {MANIFEST} in {directory}: "
                 + ("the store's computation was interrupted (or process 0 has not finished). "
@@ -551,8 +565,7 @@ class LogitStore:
                 + "Run precompute_logits(...) for this teacher and dataset into that directory; rerunning "
                 "it resumes an interrupted run, and in multi-process runs process 0 writes the manifest "
                 "once every process's shards exist.")
-        with open(path, encoding="utf-8") as f:
-            manifest = Manifest.from_json(json.load(f))
+        manifest = Manifest.from_json(json.loads(path.read_text(encoding="utf-8")))
         if manifest.format_version != FORMAT_VERSION:
             raise ValueError(
                 f"The logit store at {directory} has format_version={manifest.format_version}; this code "
@@ -590,8 +603,8 @@ class LogitStore:
             if not 0 <= info.epoch < m.num_epochs or (info.start, info.stop) != expected:
                 raise ValueError(f"The manifest of {self.directory} lists shard {info.file} with a range "
                                  f"{info.epoch}:[{info.start}, {info.stop}) outside the store's layout.")
-            path = os.path.join(self.directory, info.file)
-            if not os.path.exists(path):
+            path = self.directory / info.file
+            if not path.exists():
                 raise ValueError(f"Shard {info.file} of the logit store at {self.directory} is missing. {rerun}")
             if verify_checksums:
                 digest = _sha256_file(path)
@@ -601,7 +614,10 @@ class LogitStore:
                         f"(sha256 {digest[:16]}…, manifest says {info.sha256[:16]}…): the file is "
                         f"corrupted. {rerun}")
             try:
-                array = np.load(path, mmap_mode="r" if self._mmap else None, allow_pickle=False)
+                if self._mmap:
+                    array = np.load(os.fspath(path), mmap_mode="r", allow_pickle=False)
+                else:
+                    array = np.load(io.BytesIO(path.read_bytes()), allow_pickle=False)
             except Exception as e:  # A damaged header when checksums are not verified.
                 raise ValueError(f"Shard {info.file} of the logit store at {self.directory} cannot be "
                                  f"read ({e}). {rerun}") from e
@@ -701,14 +717,14 @@ class LogitStore:
 
     def nbytes(self) -> int:
         """Bytes on disk of the shard files (the manifest and sidecars are not counted)."""
-        return sum(os.path.getsize(os.path.join(self.directory, s.file)) for s in self.manifest.shards)
+        return sum((self.directory / s.file).stat().length for s in self.manifest.shards)
 
     def full_logits_nbytes(self) -> int:
         """What storing float32 logits for every record would cost: N·E·C·4 bytes."""
         return self.num_examples * self.num_epochs * self.num_classes * 4
 
     def __repr__(self) -> str:
-        return (f"LogitStore({self.directory!r}, teacher={self.manifest.teacher.get('name')!r}, "
+        return (f"LogitStore({str(self.directory)!r}, teacher={self.manifest.teacher.get('name')!r}, "
                 f"N={self.num_examples}, epochs={self.num_epochs}, K={self.top_k}, C={self.num_classes})")
 
 
@@ -721,7 +737,7 @@ class _DistillBatch:
 
     source: Any
     store: LogitStore
-    permutations: _EpochPermutations
+    permutations: EpochPermutations
     global_batch: int
     local_batch: int
     process_index: int
@@ -729,7 +745,7 @@ class _DistillBatch:
     store_rows: np.ndarray | None = None  # Subset position → the store's example index.
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
-        positions = _local_positions(step, self.global_batch, self.local_batch, self.process_index)
+        positions = local_positions(step, self.global_batch, self.local_batch, self.process_index)
         epochs, positions_in_source = self.permutations(positions)
         batch = read_batch(self.source, positions_in_source)
         indices = positions_in_source if self.store_rows is None else self.store_rows[positions_in_source]
@@ -774,7 +790,7 @@ def distill_iterator(
     training-set-size sweep) reads its examples' records; ``index`` is then the index in
     the full dataset.
     """
-    local_batch = _check_sharding(batch_size, process_index, process_count)
+    local_batch = check_sharding(batch_size, process_index, process_count)
     if len(source) < 1:
         raise ValueError(f"The training source {source!r} is empty.")
     full, store_rows = source, None
@@ -788,12 +804,12 @@ def distill_iterator(
         logging.info("distill_iterator: order from seed %d, augmented views from the store's seeds (built "
                      "with seed %d).", seed, store.manifest.seed)
     make_batch = _DistillBatch(
-        source=source, store=store, permutations=_EpochPermutations(len(source), seed, shuffle),
+        source=source, store=store, permutations=EpochPermutations(len(source), seed, shuffle),
         global_batch=batch_size, local_batch=local_batch, process_index=process_index,
         preprocess_config=preprocess_config, store_rows=store_rows,
     )
     dataset = grain.MapDataset.range(num_steps).map(make_batch).to_iter_dataset()
-    return iter(_maybe_prefetch(dataset, worker_count))
+    return iter(maybe_prefetch(dataset, worker_count))
 
 
 # --- Verification and accounting -----------------------------------------------------------

@@ -678,7 +678,7 @@ class ViTClassifier(nn.Module):
 # Checkpoint files.
 
 
-def _resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike) -> Path:
+def resolve_checkpoint_dir(path_or_hub_id: str | os.PathLike) -> Path:
     """A local directory as is; anything else is fetched from the hub (config, safetensors, txt)."""
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
@@ -942,7 +942,7 @@ def load_clip(
     path_or_hub_id: str | os.PathLike, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32
 ) -> tuple[CLIPModel, dict, CLIPConfig]:
     """A full HF ``CLIPModel`` checkpoint (``vision_model.*``, ``text_model.*``, projections, ``logit_scale``)."""
-    directory = _resolve_checkpoint_dir(path_or_hub_id)
+    directory = resolve_checkpoint_dir(path_or_hub_id)
     raw_config, tensors = _read_checkpoint(directory)
     config = CLIPConfig.from_dict(raw_config)
     module = CLIPModel(config, dtype=dtype, param_dtype=param_dtype)
@@ -969,7 +969,7 @@ def load_clip_vision(
     CLIPModel the tower and ``visual_projection`` are taken and the text side
     (``text_model.*``, ``text_projection.weight``, ``logit_scale``) is deliberately skipped.
     """
-    directory = _resolve_checkpoint_dir(path_or_hub_id)
+    directory = resolve_checkpoint_dir(path_or_hub_id)
     raw_config, tensors = _read_checkpoint(directory)
     config = CLIPVisionConfig.from_dict(raw_config)
     full_clip = _is_full_clip_config(raw_config)
@@ -1009,7 +1009,7 @@ def load_vit(
     Keys in transformers 5's in-memory naming (``layers.N.attention.q_proj``, ``mlp.fc1``, ...,
     as in ``model.state_dict()``) are accepted too.
     """
-    directory = _resolve_checkpoint_dir(path_or_hub_id)
+    directory = resolve_checkpoint_dir(path_or_hub_id)
     raw_config, stored = _read_checkpoint(directory)
     config = ViTConfig.from_dict(raw_config)
     tensors = {}

@@ -3,12 +3,14 @@
 from rkdsc_jax.train.checkpoint import Checkpointer
 from rkdsc_jax.train.loop import (
     LoopConfig,
+    PeriodicAction,
     classifier_eval_step,
     classifier_train_step,
     evaluate,
     fit,
     jit_eval_step,
     jit_train_step,
+    steps_from_epochs,
 )
 from rkdsc_jax.train.mesh import (
     DATA_AXIS,

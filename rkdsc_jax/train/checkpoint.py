@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
+
+from rkdsc_jax import files
 
 
 class Checkpointer:
@@ -19,8 +21,8 @@ class Checkpointer:
     leaves a checkpoint that restores half-written.
     """
 
-    def __init__(self, directory: str, max_to_keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+    def __init__(self, directory: epath.PathLike, max_to_keep: int = 3, async_save: bool = True):
+        self.directory = files.absolute(directory)  # Local or gs://: Orbax writes both.
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(

@@ -1,22 +1,25 @@
-"""The generic train loop (resume, log, evaluate, checkpoint) and the supervised steps.
+"""The one train loop (resume, log, evaluate, checkpoint, periodic actions) and the
+supervised steps.
 
 ``fit`` knows nothing about the model: it drives any jitted ``step(state, batch) ->
-(state, metrics)`` over a grain iterator.  Distillation and search trainers reuse it with
-their own steps.
+(state, metrics)`` over a checkpointable iterator.  The classifier, teacher fine-tuning,
+both papers' stages and the bi-level search all run on it; what differs between them is
+their step and their :class:`PeriodicAction` hooks (the search's per-epoch α snapshot).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import math
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from jax.sharding import Mesh
 
 from rkdsc_jax.train import mesh as mesh_lib
@@ -35,6 +38,8 @@ class LoopConfig:
     checkpoint_every: int = 1000
     eval_every: int | None = None
     keep_checkpoints: int = 3
+    # Also log and checkpoint every ``epoch_steps`` steps (the search's epoch boundaries).
+    epoch_steps: int | None = None
 
     def __post_init__(self):
         if self.num_steps < 1 or self.log_every < 1:
@@ -46,6 +51,41 @@ class LoopConfig:
                 f"checkpoint_every ({self.checkpoint_every}) must be a multiple of log_every "
                 f"({self.log_every})."
             )
+
+
+def steps_from_epochs(num_examples: int, batch_size: int, num_epochs: float | None = None,
+                      num_steps: int | None = None, *, whole_batches: bool = False) -> int:
+    """The one conversion of a run's length to steps: ``num_steps`` when given, else
+    ``ceil(num_epochs * num_examples / batch_size)`` (at least 1); ``whole_batches`` counts
+    only full batches per epoch, ``floor(num_examples / batch_size) * num_epochs`` (DARTS's search)."""
+    if num_steps:
+        return int(num_steps)
+    if num_epochs is None:
+        raise ValueError("Give num_steps or num_epochs.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if whole_batches:
+        per_epoch = num_examples // batch_size
+        if per_epoch < 1:
+            raise ValueError(f"{num_examples} examples are fewer than one batch of {batch_size}.")
+        return per_epoch * int(num_epochs)
+    return max(1, math.ceil(num_epochs * num_examples / batch_size))
+
+
+class PeriodicAction:
+    """``fn(step, state)`` every ``every_steps`` steps (and on the last step with ``at_end``), the
+    shape of CLU's ``periodic_actions.PeriodicCallback``.  Metrics it returns are written under
+    ``split``.  ``on_start(first_step)`` runs once before the first step (after a resume)."""
+
+    def __init__(self, every_steps: int | None, fn: Callable[[int, Any], Mapping[str, float] | None], *,
+                 split: str | None = None, at_end: bool = True,
+                 on_start: Callable[[int], None] | None = None):
+        if every_steps is not None and every_steps < 1:
+            raise ValueError(f"every_steps must be >= 1 or None, got {every_steps}.")
+        self.every_steps, self.fn, self.split, self.at_end, self.on_start = every_steps, fn, split, at_end, on_start
+
+    def due(self, step: int, num_steps: int) -> bool:
+        return bool(self.every_steps and step % self.every_steps == 0) or (self.at_end and step == num_steps)
 
 
 def jit_train_step(step: StepFn, mesh: Mesh) -> StepFn:
@@ -86,17 +126,21 @@ def fit(
     train_step: StepFn,
     train_iter,
     mesh: Mesh,
-    workdir: str,
+    workdir: epath.PathLike,
     config: LoopConfig,
     eval_fn: EvalFn | None = None,
     batch_keys: tuple[str, ...] = ("image", "label"),
+    hooks: Sequence[PeriodicAction] = (),
+    name: str = "train",
 ) -> tuple[Any, dict[str, Any]]:
     """Runs ``train_step`` to ``config.num_steps``, resuming from ``workdir`` if possible.
 
-    Returns the final state and a summary (throughput, wall time, last metrics).
+    After each step, in order: log (every ``log_every``), evaluate (``eval_fn`` every
+    ``eval_every`` and at the end), the ``hooks`` that are due, checkpoint.  Returns the
+    final state and a summary (throughput, wall time, last metrics).
     """
     mesh_lib.check_batch_size(config.batch_size, mesh)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+    checkpointer = Checkpointer(epath.Path(workdir) / "checkpoints", config.keep_checkpoints)
     writer = MetricWriter(workdir)
     first_step = 0
     if checkpointer.latest_step() is not None:
@@ -105,7 +149,11 @@ def fit(
         writer.truncate(first_step)
         logging.info("Resuming at step %d of %d.", first_step, config.num_steps)
 
-    progress = Progress(config.num_steps, config.batch_size, first_step)
+    for hook in hooks:
+        if hook.on_start is not None:
+            hook.on_start(first_step)
+    progress = Progress(config.num_steps, config.batch_size, first_step, name=name)
+    epoch_end = lambda step: bool(config.epoch_steps) and step % config.epoch_steps == 0  # noqa: E731
     history, last_train, last_eval = [], {}, {}
     throughputs = []
     start = time.perf_counter()
@@ -116,7 +164,7 @@ def fit(
             raise ValueError(f"The training iterator ran out at step {step} of {config.num_steps}.")
         state, metrics = train_step(state, mesh_lib.shard_batch(batch, mesh, batch_keys))
         history.append(metrics)
-        if step % config.log_every == 0 or step == config.num_steps:
+        if step % config.log_every == 0 or step == config.num_steps or epoch_end(step):
             last_train = mean_metrics(history)
             history = []
             throughput = progress.log(step, last_train)
@@ -129,7 +177,12 @@ def fit(
             last_eval = eval_fn(state)
             writer.write(step, last_eval, "eval")
             logging.info("eval step %d | %s", step, " ".join(f"{k}={v:.4g}" for k, v in last_eval.items()))
-        if step % config.checkpoint_every == 0 or step == config.num_steps:
+        for hook in hooks:
+            if hook.due(step, config.num_steps):
+                written = hook.fn(step, state)
+                if written and hook.split:
+                    writer.write(step, written, hook.split)
+        if step % config.checkpoint_every == 0 or step == config.num_steps or epoch_end(step):
             checkpointer.save(step, state, train_iter)
     checkpointer.wait()
     checkpointer.close()

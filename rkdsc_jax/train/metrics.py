@@ -10,41 +10,71 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 
 from rkdsc_jax import files
 
 
+class _EpathEventFiles:
+    """tensorboardX's writer factory for remote paths (``gs://``, ``s3://``) through ``etils.epath``,
+    so that event files go wherever the workdir is, without TensorFlow or a cloud SDK of its own."""
+
+    def open(self, path):
+        return epath.Path(path).open("wb")
+
+    def directory_check(self, path):
+        epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _tensorboard_writer(directory: epath.Path):
+    from tensorboardX import SummaryWriter, record_writer  # Event files without TensorFlow.
+
+    if not files.is_local(directory):
+        record_writer.register_writer_factory(os.fspath(directory).split(":", 1)[0], _EpathEventFiles())
+    return SummaryWriter(os.fspath(directory))
+
+
 class MetricWriter:
-    """Appends ``{"step", "split", ...metrics}`` rows to ``metrics.jsonl`` and TensorBoard.
+    """Appends ``{"step", "split", ...metrics}`` rows to ``metrics.jsonl`` and TensorBoard, on any
+    file system (a remote ``metrics.jsonl``, which cannot be appended to, is rewritten whole).
 
     Only process 0 writes.  ``truncate(step)`` drops rows after ``step`` so a resumed run's
     file ends exactly as an uninterrupted run's would.
     """
 
-    def __init__(self, workdir: str, tensorboard: bool = True):
-        self.path = os.path.join(workdir, "metrics.jsonl")
+    def __init__(self, workdir: epath.PathLike, tensorboard: bool = True):
+        workdir = epath.Path(workdir)
+        self.path = workdir / "metrics.jsonl"
         self.enabled = jax.process_index() == 0
+        self._local = files.is_local(workdir)
+        self._rows: list[str] | None = None  # Remote: the file's lines, rewritten on each write.
         self._tb = None
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
+            workdir.mkdir(parents=True, exist_ok=True)
             if tensorboard:
-                from tensorboardX import SummaryWriter  # Event files without TensorFlow.
-
-                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+                self._tb = _tensorboard_writer(workdir / "tensorboard")
 
     def truncate(self, step: int) -> None:
-        if not self.enabled or not os.path.exists(self.path):
+        if not self.enabled or not self.path.exists():
             return
         kept = [row for row in read_metrics(self.path) if row["step"] <= step]
         files.atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._rows = None
 
     def write(self, step: int, metrics: Mapping[str, Any], split: str = "train") -> None:
         if not self.enabled:
             return
         row = {"step": int(step), "split": split}
         row.update({k: float(v) for k, v in metrics.items()})
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        if self._local:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(line)
+        else:
+            if self._rows is None:
+                self._rows = self.path.read_text(encoding="utf-8").splitlines(keepends=True) if self.path.exists() else []
+            self._rows.append(line)
+            files.atomic_write_text(self.path, "".join(self._rows))
         if self._tb is not None:
             for k, v in metrics.items():
                 self._tb.add_scalar(f"{split}/{k}", float(v), step)
@@ -54,10 +84,10 @@ class MetricWriter:
             self._tb.close()
 
 
-def read_metrics(path: str, split: str | None = None) -> list[dict[str, Any]]:
+def read_metrics(path: epath.PathLike, split: str | None = None) -> list[dict[str, Any]]:
     """Rows of a metrics.jsonl; a torn last line (from a crash) is skipped."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with epath.Path(path).open("r", encoding="utf-8") as f:
         for line in f:
             try:
                 row = json.loads(line)

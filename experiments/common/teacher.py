@@ -1,0 +1,193 @@
+"""Teachers from configs, and mode ``finetune_teacher``.
+
+``config.teacher`` fields:
+- ``kind``: ``efficientnet_lite0`` (offline ImageNet weights; fine-tuned on the task, then
+  read from the run layout's ``teacher/teacher``), ``clip`` (zero-shot from ``hub_id`` with
+  ``prompt``) or ``vit`` (``hub_id``'s own classifier, e.g. ImageNet-1k).
+- ``image_size``: the resolution the teacher sees (None: its own, 224 for the
+  pretrained checkpoints).  Small images (28 px Fashion-MNIST) gain nothing from 224 px
+  and a CPU cannot afford it; EfficientNet's static 'SAME' padding is exact at any
+  multiple of 32.
+- ``finetune``: whether and how the whole teacher and a new head are fine-tuned on the task.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from etils import epath
+
+from experiments.common import inputs, results
+from experiments.common.layout import RunLayout
+from rkdsc_jax import data, teachers, train
+
+TEACHER_KINDS = ("efficientnet_lite0", "clip", "vit")
+
+
+def _with_image_size(teacher: teachers.Teacher, image_size) -> teachers.Teacher:
+    if not image_size:
+        return teacher
+    return dataclasses.replace(teacher, preprocess=dataclasses.replace(teacher.preprocess, image_size=image_size))
+
+
+def pretrained_teacher(config, class_names=()) -> teachers.Teacher:
+    """The teacher before any task fine-tuning."""
+    kind = config.teacher.kind
+    if kind == "efficientnet_lite0":
+        teacher = teachers.efficientnet_lite0_teacher(config.teacher.get("cache_dir"))
+    elif kind == "clip":
+        teacher = teachers.clip_teacher(config.teacher.hub_id, class_names, config.teacher.prompt)
+    elif kind == "vit":
+        teacher = teachers.vit_teacher(config.teacher.hub_id)
+    else:
+        raise ValueError(f"Unknown teacher kind {kind!r}; use one of {TEACHER_KINDS}.")
+    return _with_image_size(teacher, config.teacher.get("image_size"))
+
+
+def load_teacher(config, class_names, layout: RunLayout) -> teachers.Teacher:
+    """The teacher a distillation run uses: fine-tuned (from ``layout.teacher``) when the config asks for it."""
+    teacher = pretrained_teacher(config, class_names)
+    if not config.teacher.finetune.enabled:
+        return teacher
+    if not (layout.teacher / "teacher.json").exists():
+        raise FileNotFoundError(
+            f"No fine-tuned teacher at {layout.teacher}. Run mode finetune_teacher first (or the study mode, "
+            "which does), or set --config.teacher.finetuned_dir to where one was saved.")
+    return teachers.load_finetuned_teacher(teacher, layout.teacher)
+
+
+def evaluate_teacher(teacher: teachers.Teacher, source, batch_size: int) -> dict:
+    """Clean test accuracy of the teacher's logits."""
+    correct = count = 0
+    for batch in data.eval_batches(source, batch_size=batch_size):
+        predictions = np.asarray(jnp.argmax(teacher.logits(batch["image"]), -1))
+        correct += float(np.sum((predictions == batch["label"]) * batch["mask"]))
+        count += float(np.sum(batch["mask"]))
+    return {"accuracy": correct / count, "count": int(count)}
+
+
+def finetune_teacher(teacher: teachers.Teacher, train_iter, *, class_names: Sequence[str], workdir: epath.PathLike,
+                     save_to: epath.PathLike, num_steps: int, batch_size: int, learning_rate: float = 1e-4,
+                     head_learning_rate: float = 1e-3, weight_decay: float = 0.05, warmup_steps: int = 100,
+                     log_every: int = 50, checkpoint_every: int = 500, seed: int = 0, mesh=None) -> teachers.Teacher:
+    """Fine-tunes the whole teacher and a new linear head on a task on ``train.fit``; resumable.
+
+    Needed when the pretrained features fit the task poorly (ImageNet features on
+    Fashion-MNIST).  ``train_iter`` yields batches with ``image`` in [0, 1] at any size (the
+    teacher's own preprocessing resizes) and ``label``.  BatchNorm statistics stay frozen
+    at their pretrained values (the usual choice for small fine-tuning batches), so the
+    network runs exactly as at inference.  The backbone and the head get separate AdamW
+    learning rates with one warm-up + cosine schedule.  Checkpoints go to
+    ``workdir/checkpoints`` (a rerun resumes), the weights to ``save_to`` (see
+    ``teachers.load_finetuned_teacher``); the returned teacher carries the fitted head.
+    """
+    mesh = mesh or train.make_mesh()
+    network = teacher.variables["params"]
+    frozen = {k: v for k, v in teacher.variables.items() if k != "params"}
+    feature_dim = jax.eval_shape(
+        lambda v: teacher.feature_fn(v, teacher.preprocess(jnp.zeros((1, 8, 8, 3)))), teacher.variables).shape[-1]
+    head = {"kernel": jnp.zeros((feature_dim, len(class_names))), "bias": jnp.zeros(len(class_names))}
+
+    def schedule(peak):
+        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps, max(num_steps, warmup_steps + 1))
+
+    tx = optax.multi_transform(
+        {"network": optax.adamw(schedule(learning_rate), weight_decay=weight_decay),
+         "head": optax.adamw(schedule(head_learning_rate), weight_decay=0.0)},
+        {"network": "network", "head": "head"},
+    )
+    state = jax.jit(
+        lambda p: train.TrainState.create(apply_fn=None, params=p, tx=tx, batch_stats=frozen,
+                                          rng=jax.random.PRNGKey(seed)),
+        out_shardings=train.replicated(mesh),
+    )({"network": network, "head": head})
+
+    def step(state, batch):
+        def loss_fn(p):
+            features = teacher.feature_fn({"params": p["network"], **state.batch_stats},
+                                          teacher.preprocess(batch["image"]))
+            logits = teachers.linear_head(p["head"], features)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean(), logits
+
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+        return state.apply_gradients(grads=grads), metrics
+
+    config = train.LoopConfig(num_steps=num_steps, batch_size=batch_size, log_every=log_every,
+                              checkpoint_every=checkpoint_every)
+    state, _ = train.fit(state=state, train_step=train.jit_train_step(step, mesh), train_iter=train_iter,
+                         mesh=mesh, workdir=str(workdir), config=config)
+    variables = {"params": state.params["network"], **state.batch_stats}
+    tuned = teachers.Teacher(f"{teacher.name}+finetuned", variables, teacher.preprocess, teacher.feature_fn)
+    tuned = tuned.with_head(teachers.linear_head, state.params["head"], "finetuned", class_names)
+    teachers.save_teacher_weights(tuned, save_to)
+    return tuned
+
+
+def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Mode ``finetune_teacher``: fine-tunes the whole pretrained teacher and a new head on
+    ``config.data``; resumable.  Writes the layout's ``teacher/`` (checkpoints, summary.json)
+    and ``teacher/teacher/`` (Orbax weights + teacher.json), where every stage reads it."""
+    start = time.perf_counter()
+    layout = RunLayout.from_config(config, workdir)
+    run_dir = layout.teacher_run
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mesh = train.make_mesh(config.mesh.num_devices)
+    tune = config.teacher.finetune
+    source = inputs.source(config, config.data.train_split, tune.get("num_train_examples"))
+    eval_source = inputs.eval_source(config)
+    class_names = inputs.class_names(source)
+    teacher = pretrained_teacher(config, class_names)
+    num_steps = inputs.steps(tune, len(source))
+    logging.info("Fine-tuning %s at %s px on %s (%d examples): %d steps of batch %d.", teacher.name,
+                 teacher.preprocess.image_size, source.info.name, len(source), num_steps, tune.batch_size)
+    train_iter = data.train_iterator(
+        source, batch_size=tune.batch_size, num_steps=num_steps, seed=config.seed, augment_config=inputs.augment(config),
+        process_index=jax.process_index(), process_count=jax.process_count())
+    tuned = finetune_teacher(
+        teacher, train_iter, class_names=class_names, workdir=run_dir, save_to=layout.teacher, num_steps=num_steps,
+        batch_size=tune.batch_size, learning_rate=tune.learning_rate, head_learning_rate=tune.head_learning_rate,
+        weight_decay=tune.weight_decay, warmup_steps=tune.warmup_steps, log_every=tune.log_every,
+        checkpoint_every=tune.checkpoint_every, seed=config.seed, mesh=mesh)
+    result = evaluate_teacher(tuned, eval_source, config.eval.batch_size)
+    summary = {"mode": "finetune_teacher", "teacher": tuned.identity(), "steps": num_steps,
+               "eval": result, "wall_time_s": time.perf_counter() - start}
+    results.write_json(run_dir / "summary.json", summary)
+    logging.info("Teacher test accuracy %.4f (%d images).", result["accuracy"], result["count"])
+    return summary
+
+
+def teacher_over_channel(config, layout: RunLayout) -> dict:
+    """The (fine-tuned) teacher's features sent uncoded over the channel to its own head
+    (paper B's LA-TOSC, paper A's teacher baseline), and its clean accuracy."""
+    from rkdsc_jax import evaluation
+    from rkdsc_jax.distill import tosc_steps
+
+    mesh = train.make_mesh(config.mesh.num_devices)
+    eval_source = inputs.eval_source(config)
+    teacher = load_teacher(config, inputs.class_names(eval_source), layout)
+    params = jax.device_put({"network": teacher.variables, "head": teacher.head_params}, train.replicated(mesh))
+
+    def feature_fn(variables, images):
+        return teacher.feature_fn(variables, teacher.preprocess(images))
+
+    step = functools.partial(tosc_steps.teacher_over_channel_eval_step, feature_fn=feature_fn,
+                             head_fn=teacher.head_fn, csi=config.channel.csi, equalizer=config.channel.equalizer)
+    preprocess = inputs.preprocess(config, normalize=False)
+    batches = inputs.eval_batches(eval_source, config.eval.batch_size, preprocess)
+    curves = evaluation.accuracy_vs_snr(step, params, batches, snrs_db=config.eval.snrs_db,
+                                        kinds=config.eval.channels, mesh=mesh, seed=config.eval.seed)
+    clean = evaluation.accuracy_vs_snr(step, params, batches, snrs_db=[0.0], kinds=["none"], mesh=mesh)
+    sample = jnp.zeros((1, *preprocess.output_shape(eval_source.info.image_shape)))
+    feature_dim = jax.eval_shape(lambda: feature_fn(teacher.variables, sample)).shape[-1]
+    return {"curves": curves, "clean_accuracy": clean["none"]["0"], "teacher": teacher.identity(),
+            "num_symbols": feature_dim // 2, "num_params": train.param_count(teacher.variables["params"])}
