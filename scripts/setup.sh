@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine (idempotent, fast when already done):
-#   - a virtual environment in .venv with the exact pinned packages (`--dev` adds test extras),
+#   - a virtual environment in .venv with the exact versions of requirements/constraints.txt
+#     (setup.py declares ranges; the constraints file pins them): the torch-free core, plus
+#     `--dev` (tests, notebooks, conversion) or `--convert` (torch, to convert the offline
+#     teacher's weights once),
 #   - Fashion-MNIST from Debian's `dataset-fashion-mnist` package when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extra=""
-[[ "${1:-}" == "--dev" ]] && extra="[dev]"
+case "${1:-}" in
+  --dev) extra="[dev]" ;;
+  --convert) extra="[convert]" ;;
+  "") ;;
+  *) echo "usage: bash scripts/setup.sh [--dev|--convert]" >&2; exit 2 ;;
+esac
 python=${PYTHON:-python3}
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
   echo "rkdsc_jax needs Python >= 3.10; $python is $("$python" --version 2>&1). Set PYTHON=/path/to/python3.10+." >&2
@@ -17,11 +25,11 @@ if [[ ! -x .venv/bin/python ]]; then
   echo "[setup] creating .venv with $("$python" --version)"
   "$python" -m venv .venv
 fi
-stamp=".venv/.installed-$(cat setup.py | sha256sum | cut -c1-16)${extra:+-dev}"
+stamp=".venv/.installed-$(cat setup.py requirements/constraints.txt | sha256sum | cut -c1-16)${extra:+-${extra:1:-1}}"
 if [[ ! -f "$stamp" ]]; then
-  echo "[setup] installing rkdsc_jax${extra} and its pinned dependencies into .venv"
+  echo "[setup] installing rkdsc_jax${extra} with requirements/constraints.txt's versions into .venv"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".${extra}"
+  .venv/bin/python -m pip install --quiet -c requirements/constraints.txt -e ".${extra}"
   touch "$stamp"
 fi
 

