@@ -103,6 +103,66 @@ def test_interrupted_run_resumes_to_exactly_the_uninterrupted_metrics(tmp_path):
     assert summary_a["eval"] == summary_b["eval"]
 
 
+def _fit_with_hooks(workdir, mesh, crash_at=None):
+    """10 steps in 'epochs' of 3 (the search's shape): a hook every epoch that keeps a history
+    across resumes (``on_start``) and writes its metrics under its own split."""
+    state, iterator, step = _setup(mesh, 10)
+    history, calls = [], 0
+
+    def maybe_crashing_step(state, batch):
+        nonlocal calls
+        calls += 1
+        if calls == crash_at:
+            raise RuntimeError("simulated preemption")
+        return step(state, batch)
+
+    def on_start(first_step):
+        saved = json.loads((workdir / "history.json").read_text()) if (workdir / "history.json").exists() else []
+        history[:] = [h for h in saved if h["step"] <= first_step]
+
+    def snapshot(step_number, state):
+        history.append({"step": step_number, "norm": float(_norm(state.params))})
+        (workdir / "history.json").write_text(json.dumps(history))
+        return {"norm": history[-1]["norm"]}
+
+    hook = train.PeriodicAction(3, snapshot, split="snapshot", at_end=False, on_start=on_start)
+    config = train.LoopConfig(num_steps=10, batch_size=32, log_every=5, checkpoint_every=100, epoch_steps=3)
+    train.fit(state=state, train_step=maybe_crashing_step, train_iter=iterator, mesh=mesh, workdir=str(workdir),
+              config=config, hooks=[hook])
+    return history
+
+
+def _norm(tree):
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
+
+
+def test_periodic_actions_and_epoch_checkpoints_resume_exactly(tmp_path):
+    mesh = train.make_mesh(2)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    full = _fit_with_hooks(tmp_path / "a", mesh)
+    assert [h["step"] for h in full] == [3, 6, 9]
+    with pytest.raises(RuntimeError, match="simulated preemption"):
+        _fit_with_hooks(tmp_path / "b", mesh, crash_at=8)  # After the epoch checkpoint at 6.
+    resumed = _fit_with_hooks(tmp_path / "b", mesh)
+    assert resumed == full  # The same snapshots, none lost or repeated.
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "examples_per_second"} for r in rows]
+    rows = [strip(metrics_lib.read_metrics(str(tmp_path / d / "metrics.jsonl"))) for d in "ab"]
+    assert rows[0] == rows[1]
+    assert [(r["step"], r["split"]) for r in rows[0]] == [(3, "train"), (3, "snapshot"), (5, "train"), (6, "train"),
+                                                          (6, "snapshot"), (9, "train"), (9, "snapshot"),
+                                                          (10, "train")]
+
+
+def test_steps_from_epochs_is_the_one_conversion():
+    assert train.steps_from_epochs(1000, 128, 1.0) == 8  # ceil
+    assert train.steps_from_epochs(1000, 128, 2.5) == 20
+    assert train.steps_from_epochs(1000, 128, 1.0, num_steps=3) == 3
+    assert train.steps_from_epochs(1000, 128, 3, whole_batches=True) == 21  # 7 full batches an epoch
+    assert train.steps_from_epochs(10, 128, 0.01) == 1
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        train.steps_from_epochs(100, 128, 1, whole_batches=True)
+
+
 def test_metric_writer_truncates_and_skips_torn_lines(tmp_path):
     writer = train.MetricWriter(str(tmp_path), tensorboard=True)
     for step in (1, 2, 3):
