@@ -42,4 +42,4 @@ done
 status=0
 for pid in "${pids[@]}"; do wait "$pid" || status=1; done
 [ $status = 0 ] || { echo "Some runs failed; rerun to resume them."; exit 1; }
-.venv/bin/python -m experiments.darts_comparison --runs="$RUNS" --seeds="$(IFS=,; echo "${SEEDS[*]}")"
+.venv/bin/python -m experiments.darts.comparison --runs="$RUNS" --seeds="$(IFS=,; echo "${SEEDS[*]}")"
