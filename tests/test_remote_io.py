@@ -95,3 +95,17 @@ def test_a_logit_store_is_written_to_and_read_from_gs(bucket, tmp_path):
     calls = []
     ls.precompute_logits(lambda x: calls.append(1) or _teacher(x), source, "gs://bucket/logits", **kwargs)
     assert not calls
+
+
+def test_fashion_mnist_files_are_read_from_gs(bucket):
+    import gzip
+    import struct
+
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8), np.arange(5, dtype=np.uint8)
+    for name, array in (("t10k-images-idx3-ubyte.gz", images), ("t10k-labels-idx1-ubyte.gz", labels)):
+        header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+        files.atomic_write_bytes(f"gs://bucket/fmnist/{name}", gzip.compress(header + array.tobytes()))
+    source = data.fashion_mnist("test", "gs://bucket/fmnist")
+    assert len(source) == 5 and (bucket / "fmnist" / "t10k-labels-idx1-ubyte.gz").exists()
+    np.testing.assert_array_equal(source[3]["image"][..., 0], images[3])

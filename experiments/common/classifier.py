@@ -23,8 +23,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains and evaluates; returns (and writes) the run summary. Resumes from ``workdir``."""
     workdir, start = results.start_run(config, workdir, f"Classifier {config.model.name}")
     mesh = train.make_mesh(config.mesh.num_devices)
-    # The first N examples of each split (not a random subset: the DARTS teacher's data).
-    train_source = inputs.source(config, config.data.train_split, config.data.num_train_examples)
+    train_source = inputs.train_source(config)
     eval_source = inputs.source(config, config.data.eval_split, config.data.num_eval_examples)
     info = train_source.info
     logging.info("Data: %s train (%d), %s (%d); mesh of %d devices over %d process(es).",

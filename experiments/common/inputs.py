@@ -1,7 +1,8 @@
 """Data from a config: sources, subsets, augmentation, preprocessing, batches, run lengths.
 
 ``config.data`` fields every experiment shares (``experiments/configs/common.py``): ``name``,
-``data_dir``, ``train_split``/``eval_split``, ``num_train_examples``/``num_eval_examples``,
+``data_dir``, ``train_split``/``eval_split``, ``num_train_examples`` (with ``subset``: the first
+ones or a random subset)/``num_eval_examples``,
 ``augment``/``crop_padding``, ``image_size``/``channels``, ``normalization`` (the model
 input's mean/std; see :func:`preprocess`), ``resize_to`` (TFDS images of varying size),
 ``worker_count``.
@@ -30,11 +31,15 @@ def random_subset(source_, num_examples: int, seed: int):
 
 
 def train_source(config):
-    """The training split, or its reproducible random subset of ``data.num_train_examples``."""
+    """``data.num_train_examples`` examples of the training split (all when None): the first
+    ones (``data.subset="first"``) or a reproducible random subset (``"random"``, ``subset_seed``)."""
+    num_examples = config.data.get("num_train_examples")
+    if config.data.subset == "first":
+        return source(config, config.data.train_split, num_examples)
+    if config.data.subset != "random":
+        raise ValueError(f"data.subset must be 'first' or 'random', got {config.data.subset!r}.")
     full = source(config, config.data.train_split)
-    if config.data.get("num_train_examples"):
-        return random_subset(full, config.data.num_train_examples, seed=config.data.subset_seed)
-    return full
+    return random_subset(full, num_examples, seed=config.data.subset_seed) if num_examples else full
 
 
 def eval_source(config):

@@ -74,8 +74,3 @@ class RunLayout:
 
     def export(self, method: str, seed: int) -> epath.Path:
         return self.export_dir or self.root / "export" / f"{method}_seed{seed}"
-
-    def seeds_of(self, method: str) -> list[epath.Path]:
-        """The finished-or-not seed directories of ``method``, sorted by name."""
-        directory = self.method_dir(method)
-        return sorted(directory.iterdir(), key=lambda p: p.name) if directory.is_dir() else []

@@ -23,15 +23,17 @@ def field(value, field_type):
 
 
 def data(name: str, *, normalization: str, augment: str = "crop_flip", crop_padding: int = 2,
-         num_train_examples: int | None = None) -> ml_collections.ConfigDict:
-    """``num_train_examples``: the first N training examples (the classifier, the search), or a
-    random subset of N drawn with ``subset_seed`` (the studies' configs add that field)."""
+         num_train_examples: int | None = None, subset: str = "first") -> ml_collections.ConfigDict:
+    """``num_train_examples``: how many training examples (None: all); ``subset``: which ones,
+    ``"first"`` (the classifier, the search) or ``"random"`` (the studies: a reproducible random
+    subset drawn with ``subset_seed``, which those configs add)."""
     d = ml_collections.ConfigDict()
     d.name = name
     d.data_dir = field(None, str)
     d.train_split = "train"
     d.eval_split = "test"
     d.num_train_examples = field(num_train_examples, int)
+    d.subset = subset
     d.augment = augment
     d.crop_padding = crop_padding
     d.image_size = field(None, int)

@@ -36,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
     config.study_dir = field(None, str)  # mode ltosc: where the teacher and store live.
 
-    config.data = common.data("fashion_mnist", normalization="fashion_mnist")  # The student's input.
+    config.data = common.data("fashion_mnist", normalization="fashion_mnist", subset="random")  # The student's input.
     config.data.subset_seed = 0  # num_train_examples: a random subset (the size sweep).
     config.data.num_eval_examples = field(None, int)
     config.data.resize_to = field(None, int)  # TFDS images of varying size (ImageNet).

@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.pipeline_dir = field(None, str)  # Modes rkd_stage1/2: where teacher/ and search/ live.
 
     # The student's (and the supernet's) input normalisation.
-    config.data = common.data("fashion_mnist", normalization="fashion_mnist")
+    config.data = common.data("fashion_mnist", normalization="fashion_mnist", subset="random")
     config.data.subset_seed = 0  # num_train_examples: a random subset.
     config.data.split_seed = 0  # The search's train/validation halves.
     config.data.num_eval_examples = field(2000, int)  # ±1 % standard error; None: all 10k.

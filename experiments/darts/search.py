@@ -173,7 +173,7 @@ def search(config, workdir: str) -> dict:
     """Runs (or resumes) a KDL-DARTS search on ``train.fit``; returns and writes the summary."""
     workdir, start = results.start_run(config, workdir, "KDL-DARTS search")
     mesh = train.make_mesh(config.mesh.num_devices)
-    full = inputs.source(config, config.data.train_split, config.data.num_train_examples)
+    full = inputs.train_source(config)
     train_half, val_half = data.split_train_validation(full, 0.5, seed=config.data.split_seed)
     info = full.info
     s = config.search

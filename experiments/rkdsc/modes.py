@@ -61,6 +61,7 @@ def search_config(config, pipeline_dir: str) -> ml_collections.ConfigDict:
     child.seed = config.seed
     child.data = copy.deepcopy(config.data)
     child.data.num_train_examples = s.num_train_examples
+    child.data.subset = "first"  # The search's data: the first examples, split in halves.
     child.data.augment = s.augment
     child.search = copy.deepcopy(s)
     child.teacher = copy.deepcopy(config.teacher)

@@ -15,6 +15,7 @@ import struct
 from typing import Any, Protocol, Sequence
 
 import numpy as np
+from etils import epath
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
@@ -76,11 +77,12 @@ class ArraySource:
         return f"ArraySource({self.info.name}/{self.info.split}, n={len(self)})"
 
 
-def _read_idx(path: str) -> np.ndarray:
-    """Reads one (optionally gzipped) IDX file, the format of (Fashion-)MNIST."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+def _read_idx(path: epath.PathLike) -> np.ndarray:
+    """Reads one (optionally gzipped) IDX file, the format of (Fashion-)MNIST, from any file system."""
+    path = epath.Path(path)
+    data = path.read_bytes()
+    if path.name.endswith(".gz"):
+        data = gzip.decompress(data)
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file (header {data[:4]!r}).")
@@ -96,9 +98,10 @@ def fashion_mnist(split: str = "train", data_dir: str | None = None) -> ArraySou
     if split not in _FASHION_MNIST_FILES:
         raise ValueError(f"Fashion-MNIST has splits {sorted(_FASHION_MNIST_FILES)}, not {split!r}.")
     data_dir = data_dir or FASHION_MNIST_DIR
-    image_file, label_file = (os.path.join(data_dir, f) for f in _FASHION_MNIST_FILES[split])
+    image_file, label_file = (epath.Path(data_dir) / f for f in _FASHION_MNIST_FILES[split])
+    unzipped = lambda p: p.parent / p.name[: -len(".gz")]  # noqa: E731
     for path in (image_file, label_file):
-        if not os.path.exists(path) and not os.path.exists(path[: -len(".gz")]):
+        if not path.exists() and not unzipped(path).exists():
             raise FileNotFoundError(
                 f"Fashion-MNIST file {path} not found. Install it with "
                 "`sudo apt-get install dataset-fashion-mnist` (files land in "
@@ -106,7 +109,7 @@ def fashion_mnist(split: str = "train", data_dir: str | None = None) -> ArraySou
                 "https://github.com/zalandoresearch/fashion-mnist and pass their folder "
                 "as data_dir (--config.data.data_dir=...)."
             )
-    resolve = lambda p: p if os.path.exists(p) else p[: -len(".gz")]
+    resolve = lambda p: p if p.exists() else unzipped(p)  # noqa: E731
     images = _read_idx(resolve(image_file))[..., None]
     labels = _read_idx(resolve(label_file))
     info = DatasetInfo(
