@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from rkdsc_jax.nas import ops as ops_lib
 from rkdsc_jax.nas.genotypes import Genotype
-from rkdsc_jax.nas.search_space import cell_plan
+from rkdsc_jax.nas.search_space import CellSpec, cell_plan
 
 AUX_NAME = "auxiliary_head"
 
@@ -64,6 +64,54 @@ class GenotypeCell(nn.Module):
         return jnp.concatenate([states[i] for i in concat], axis=-1)
 
 
+class _CarriedCell(nn.Module):
+    """A normal cell as an ``nn.scan`` body: carry (s0, s1) -> (s1, cell(s0, s1))."""
+
+    genotype: Genotype
+    channels: int
+    drop_path_prob: float
+    impl: str
+    train: bool
+
+    @nn.compact
+    def __call__(self, carry, _):
+        s0, s1 = carry
+        out = GenotypeCell(self.genotype, self.channels, False, False, self.drop_path_prob, self.impl,
+                           name="cell")(s0, s1, train=self.train)
+        return (s1, out), None
+
+
+def cell_groups(plan: list[CellSpec], break_after: int | None = None, scan: bool = True) -> list[list[CellSpec]]:
+    """Consecutive cells that one traced body can run: normal cells whose two inputs have the
+    cell's own output width (so the carry keeps its shape), split after ``break_after``."""
+    groups: list[list[CellSpec]] = []
+    for spec in plan:
+        same = (scan and not spec.reduction and not spec.reduction_prev
+                and spec.channels_prev_prev == spec.channels_prev)
+        previous = groups[-1][-1] if groups else None
+        if (same and previous is not None and groups[-1][0].channels_prev == spec.channels_prev
+                and not previous.reduction and not previous.reduction_prev
+                and previous.channels_prev_prev == previous.channels_prev and previous.index != break_after):
+            groups[-1].append(spec)
+        else:
+            groups.append([spec])
+    return groups
+
+
+def stack_cells(tree, layers: int, channels: int, multiplier: int = 4, stem_multiplier: int = 3,
+                auxiliary: bool = False):
+    """A ``scan_cells=False`` variables tree (params or batch statistics: "cell_<i>" per cell)
+    in the ``scan_cells=True`` layout, e.g. to restore a checkpoint written before scanning."""
+    tree = dict(tree)
+    plan = cell_plan(layers, channels, multiplier, stem_multiplier)
+    for group in cell_groups(plan, 2 * layers // 3 if auxiliary else None):
+        if len(group) > 1:
+            cells = [tree.pop(f"cell_{spec.index}") for spec in group]
+            tree[f"cells_{group[0].index}_{group[-1].index}"] = {
+                "cell": jax.tree.map(lambda *xs: jnp.stack(xs), *cells)}
+    return tree
+
+
 class AuxiliaryHead(nn.Module):
     """DARTS's ``AuxiliaryHeadCIFAR`` (input 8×8): ReLU, 5×5 avg pool stride 3, 1×1 conv 128,
     BN, ReLU, 2×2 conv 768, BN, ReLU, linear."""
@@ -96,6 +144,10 @@ class GenotypeNetwork(nn.Module):
     stem_multiplier: int = 3
     impl: str = "auto"
     include_head: bool = True
+    # Runs of identical cells (same widths, no reduction next to them) as one nn.scan body:
+    # compile time follows the number of distinct cells, not the depth.  Parameters of a run
+    # are stacked under "cells_<first>_<last>"; False keeps one "cell_<i>" per cell.
+    scan_cells: bool = True
 
     @nn.compact
     def __call__(self, x, *, train: bool):
@@ -106,11 +158,20 @@ class GenotypeNetwork(nn.Module):
         s = ops_lib.batch_norm(train, True, name="stem_bn")(s)
         s0 = s1 = s
         aux_logits = None
-        for spec in cell_plan(self.layers, self.channels, multiplier, self.stem_multiplier):
-            cell = GenotypeCell(self.genotype, spec.channels, spec.reduction, spec.reduction_prev,
-                                self.drop_path_prob, self.impl, name=f"cell_{spec.index}")
-            s0, s1 = s1, cell(s0, s1, train=train)
-            if spec.index == 2 * self.layers // 3 and self.auxiliary:
+        aux_index = 2 * self.layers // 3 if self.auxiliary else None
+        for group in cell_groups(cell_plan(self.layers, self.channels, multiplier, self.stem_multiplier),
+                                 aux_index if self.scan_cells else None, self.scan_cells):
+            spec = group[0]
+            if len(group) == 1:
+                cell = GenotypeCell(self.genotype, spec.channels, spec.reduction, spec.reduction_prev,
+                                    self.drop_path_prob, self.impl, name=f"cell_{spec.index}")
+                s0, s1 = s1, cell(s0, s1, train=train)
+            else:
+                scanned = nn.scan(_CarriedCell, variable_axes={"params": 0, "batch_stats": 0},
+                                  split_rngs={"params": True, "dropout": True}, length=len(group))
+                (s0, s1), _ = scanned(self.genotype, spec.channels, self.drop_path_prob, self.impl, train,
+                                      name=f"cells_{spec.index}_{group[-1].index}")((s0, s1), None)
+            if group[-1].index == aux_index:
                 head = AuxiliaryHead(self.num_classes, self.impl, name=AUX_NAME)
                 if train or self.is_initializing():
                     aux_logits = head(s1, train=train)

@@ -175,7 +175,48 @@ def _avg_pool_counts(height: int, width: int, strides: int) -> np.ndarray:
 def max_pool_3x3(x, strides: int, impl: str = "auto"):
     if resolve_impl(impl) == "lax":
         return nn.max_pool(x, (3, 3), (strides, strides), ((1, 1), (1, 1)))
+    return _max_pool_taps(x, strides)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool_taps(x, strides: int):
     return functools.reduce(jnp.maximum, _pool_taps(x, strides, -jnp.inf))
+
+
+def _max_pool_taps_fwd(x, strides):
+    return _max_pool_taps(x, strides), x
+
+
+def _max_pool_taps_bwd(strides, x, g):
+    """The whole gradient to the first maximum of each window, as PyTorch and XLA's
+    reduce_window do.  jnp.maximum's own rule splits it between tied maxima, which is
+    wrong where the tied pixels are not the same function of the weights, and ties are
+    common (ReLU-zeroed regions, flat backgrounds)."""
+    windows = jnp.stack(list(_pool_taps(x, strides, -jnp.inf)))  # (9, B, H', W', C)
+    first = jax.nn.one_hot(jnp.argmax(windows, axis=0), 9, axis=0, dtype=g.dtype)
+    offsets = [(i - 1, j - 1) for i in range(3) for j in range(3)]
+    return (scatter_windows(first * g[None], offsets, strides, x.shape[1:3]).astype(x.dtype),)
+
+
+_max_pool_taps.defvjp(_max_pool_taps_fwd, _max_pool_taps_bwd)
+
+
+def scatter_windows(d_windows, offsets, strides: int, size):
+    """The transpose of taking the windows x[s·i + dy, s·j + dx] (zero outside x) at each tap
+    offset (dy, dx): d_windows (T, B, H', W', C) -> (B, H, W, C).  One strided pad of
+    all taps and T shifted slices, which XLA fuses into one loop (its own transpose pads
+    each tap's slice to full size)."""
+    radius = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    cfg = [(0, 0, 0), (0, 0, 0)]
+    for length, out in zip(size, d_windows.shape[2:4]):
+        cfg.append((radius, radius + length - (out - 1) * strides - 1, strides - 1))
+    dilated = jax.lax.pad(d_windows, jnp.zeros((), d_windows.dtype), cfg + [(0, 0, 0)])
+    total = None
+    for t, (dy, dx) in enumerate(offsets):
+        term = jax.lax.slice(dilated[t], (0, radius - dy, radius - dx, 0),
+                             (dilated.shape[1], radius - dy + size[0], radius - dx + size[1], dilated.shape[4]))
+        total = term if total is None else total + term
+    return total
 
 
 def avg_pool_3x3(x, strides: int, impl: str = "auto"):

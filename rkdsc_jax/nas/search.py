@@ -30,7 +30,8 @@ d/dα L_val(w'(α), α):
 
 - ``"unrolled"`` (default): ``jax.grad`` straight through the virtual step (exact);
 - ``"hvp"``: DARTS's decomposition ∇_α L_val(w', α) − ξ·∇²_{α,w} L_train(w, α)·v,
-  v = ∇_{w'} L_val(w', α), with the mixed second derivative exact (reverse over reverse);
+  v = ∇_{w'} L_val(w', α), with the mixed second derivative exact
+  (``mixed_hessian_vector_product``: forward over reverse, reverse over reverse on CPU);
 - ``"finite_difference"``: the same decomposition with DARTS's central difference,
   (∇_α L_train(w + εv) − ∇_α L_train(w − εv)) / 2ε, ε = 0.01/‖v‖.
 
@@ -117,6 +118,9 @@ class SearchState(struct.PyTreeNode):
     apply_fn: Callable = struct.field(pytree_node=False)
     w_tx: Any = struct.field(pytree_node=False)
     a_tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    # The model's kernels admit forward-mode autodiff (XLA's native ops; the CPU "taps"
+    # kernels define custom VJPs, which jax.jvp cannot enter).
+    forward_mode: bool = struct.field(pytree_node=False, default=False)
 
     def variables(self, params=None, arch=None, batch_stats=None) -> dict:
         return {"params": self.params if params is None else params,
@@ -133,7 +137,7 @@ def create_search_state(model: SearchNetwork, w_tx: WeightOptimizer | optax.Grad
         step=jnp.zeros((), jnp.int32), params=params, arch=arch,
         batch_stats=variables.get("batch_stats", flax.core.FrozenDict()),
         w_opt_state=w_tx.init(params), a_opt_state=a_tx.init(arch), rng=state_key,
-        apply_fn=model.apply, w_tx=w_tx, a_tx=a_tx)
+        apply_fn=model.apply, w_tx=w_tx, a_tx=a_tx, forward_mode=ops_lib.resolve_impl(model.impl) == "lax")
 
 
 # --- Complexity penalty -------------------------------------------------------------------
@@ -279,6 +283,24 @@ def _sgd_settings(state: SearchState):
     return state.w_tx.momentum, state.w_tx.weight_decay, state.w_opt_state["momentum"].trace
 
 
+def mixed_hessian_vector_product(losses_: SearchLosses, params, arch, v):
+    """∇²_{α,w} L_train(w, α)·v, exactly.
+
+    Forward over reverse: ``jax.jvp`` of ∇_α L_train along v, one gradient's work with
+    tangents riding along, and nothing of the unrolled graph kept.  With the CPU kernels
+    (``impl="taps"``: custom VJPs, ``SearchState.forward_mode`` False) it is reverse over
+    reverse, ∇_α (∇_w L_train(w, α) · v).
+    """
+    if losses_.state.forward_mode:
+        grad_alpha = jax.grad(lambda w, a: losses_.train(w, a)[0], argnums=1)
+        return jax.jvp(lambda w: grad_alpha(w, arch), (params,), (v,))[1]
+
+    def directional(a):
+        g = jax.grad(lambda w: losses_.train(w, a)[0])(params)
+        return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(g), jax.tree.leaves(v)))
+    return jax.grad(directional)(arch)
+
+
 def arch_gradient(state: SearchState, batch, hp: SearchHParams, complexity: Complexity | None = None,
                   teacher_fn: TeacherFn | None = None, lr=None, method: str | None = None):
     """(∇_α, metrics) for the architecture step, first or second order (``hp.order``)."""
@@ -297,12 +319,7 @@ def arch_gradient(state: SearchState, batch, hp: SearchHParams, complexity: Comp
     (loss, (logits, parts)), (g_w, g_a) = jax.value_and_grad(L.val, argnums=(0, 1), has_aux=True)(w_prime, arch)
     grad_alpha_train = jax.grad(lambda w, a: L.train(w, a)[0], argnums=1)
     if method == "hvp":
-        # ∇_α (∇_w L_train(w, α) · v), reverse over reverse (the CPU conv kernels define
-        # custom VJPs, which forward mode cannot differentiate).
-        def directional(a):
-            g = jax.grad(lambda w: L.train(w, a)[0])(params)
-            return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(g), jax.tree.leaves(g_w)))
-        implicit = jax.grad(directional)(arch)
+        implicit = mixed_hessian_vector_product(L, params, arch, g_w)
     elif method == "finite_difference":
         eps = hp.fd_radius / optax.tree.norm(g_w)
         plus = grad_alpha_train(jax.tree.map(lambda w, v: w + eps * v, params, g_w), arch)

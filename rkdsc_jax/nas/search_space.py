@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rkdsc_jax.models.layers import depthwise_conv
 from rkdsc_jax.nas import ops as ops_lib
@@ -92,110 +94,149 @@ def _edge_bn(train: bool, name: str) -> nn.BatchNorm:
                         use_scale=False, axis=(0, -1), name=name)
 
 
-def _taps_sum(padded, taps, out_hw, strides: int, dilation: int, k: int):
-    """Σ_(i,j) slice(padded, (i·d, j·d), stride) · taps[:, i, j]: a k×k per-channel correlation.
-
-    padded (..., Hp, Wp, C) with any leading axes; taps (E, k, k, C) broadcast against an
-    (E, ...) leading axis (added when ``padded`` is 4-D).
-    """
-    h_axis = padded.ndim - 3
-    lead = padded.shape[:h_axis]
-    out_h, out_w = out_hw
-    out = None
-    for i in range(k):
-        for j in range(k):
-            top, left = i * dilation, j * dilation
-            window = jax.lax.slice(
-                padded, (0,) * h_axis + (top, left, 0),
-                lead + (top + (out_h - 1) * strides + 1, left + (out_w - 1) * strides + 1, padded.shape[-1]),
-                (1,) * h_axis + (strides, strides, 1))
-            term = (window[None] if padded.ndim == 4 else window) * taps[:, i, j][:, None, None, None, :]
-            out = term if out is None else out + term
-    return out
-
-
 def _out_size(size: int, k: int, strides: int, padding: int, dilation: int) -> int:
     return (size + 2 * padding - (k - 1) * dilation - 1) // strides + 1
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _depthwise_taps(x, kernel, strides: int, padding: int, dilation: int):
-    k = kernel.shape[1]
-    pad = ((0, 0),) * (x.ndim - 3) + ((padding, padding), (padding, padding), (0, 0))
-    out_hw = tuple(_out_size(n, k, strides, padding, dilation) for n in x.shape[-3:-1])
-    return _taps_sum(jnp.pad(x, pad), kernel[:, :, :, 0].astype(x.dtype), out_hw, strides, dilation, k)
-
-
-def _depthwise_taps_fwd(x, kernel, strides, padding, dilation):
-    return _depthwise_taps(x, kernel, strides, padding, dilation), (x, kernel)
-
-
-def _depthwise_taps_bwd(strides, padding, dilation, residuals, g):
-    """Explicit taps gradients: XLA's automatic transpose of the forward (k² pads summed)
-    compiles ~5× slower on CPU.  dx is again a k×k correlation, of the stride-dilated,
-    padded g with the flipped kernel; dk is k² multiply-reductions."""
-    x, kernel = residuals
-    k = kernel.shape[1]
-    span = (k - 1) * dilation
-    # Place g on the stride grid of the padded input, then correlate with the flipped kernel.
-    hp, wp = x.shape[-3] + 2 * padding, x.shape[-2] + 2 * padding
-    g_h, g_w = g.shape[-3], g.shape[-2]
-    zero = jnp.zeros((), g.dtype)
-    cfg = [(0, 0, 0)] * (g.ndim - 3)
-    cfg += [(span, hp - ((g_h - 1) * strides + 1), strides - 1),
-            (span, wp - ((g_w - 1) * strides + 1), strides - 1), (0, 0, 0)]
-    g_dilated = jax.lax.pad(g, zero, cfg)  # (E, B, hp + span, wp + span, C)
-    flipped = kernel[:, ::-1, ::-1, 0].astype(g.dtype)
-    dx_padded = _taps_sum(g_dilated, flipped, (hp, wp), 1, dilation, k)
-    if x.ndim == 4:
-        dx_padded = jnp.sum(dx_padded, axis=0)
-    dx = dx_padded[..., padding:padding + x.shape[-3], padding:padding + x.shape[-2], :]
-    pad = ((0, 0),) * (x.ndim - 3) + ((padding, padding), (padding, padding), (0, 0))
-    padded = jnp.pad(x, pad)
+def _window(padded, top: int, left: int, out_hw, strides: int):
+    """padded[..., top::strides, left::strides, :] cropped to ``out_hw``."""
     h_axis = padded.ndim - 3
     lead = padded.shape[:h_axis]
-    rows = []
+    return jax.lax.slice(
+        padded, (0,) * h_axis + (top, left, 0),
+        lead + (top + (out_hw[0] - 1) * strides + 1, left + (out_hw[1] - 1) * strides + 1, padded.shape[-1]),
+        (1,) * h_axis + (strides, strides, 1))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise_same(x, kernel, padding: int):
+    """Stride-1 'same' depthwise correlation of x (E, B, H, W, C) with per-edge kernels
+    (E, k, k, 1, C), as k² shifted, per-channel-scaled slices (fused by XLA on CPU)."""
+    k = kernel.shape[1]
+    padded = jnp.pad(x, ((0, 0),) * 2 + ((padding, padding),) * 2 + ((0, 0),))
+    taps = kernel[:, :, :, 0].astype(x.dtype)[:, :, :, None, None, None, :]  # (E, k, k, 1, 1, 1, C)
+    out = None
     for i in range(k):
         for j in range(k):
-            top, left = i * dilation, j * dilation
-            window = jax.lax.slice(
-                padded, (0,) * h_axis + (top, left, 0),
-                lead + (top + (g_h - 1) * strides + 1, left + (g_w - 1) * strides + 1, padded.shape[-1]),
-                (1,) * h_axis + (strides, strides, 1))
-            rows.append(jnp.sum((window[None] if x.ndim == 4 else window) * g, axis=(1, 2, 3)))
-    dk = jnp.stack(rows, axis=1).reshape(kernel.shape[0], k, k, 1, kernel.shape[-1]).astype(kernel.dtype)
-    return dx.astype(x.dtype), dk
+            term = _window(padded, i, j, x.shape[2:4], 1) * taps[:, i, j]
+            out = term if out is None else out + term
+    return out
 
 
-_depthwise_taps.defvjp(_depthwise_taps_fwd, _depthwise_taps_bwd)
+def _depthwise_same_fwd(x, kernel, padding):
+    return _depthwise_same(x, kernel, padding), (x, kernel)
 
 
-def _edge_depthwise(x, kernel, strides: int, padding: int, dilation: int, impl: str):
-    """Per-edge depthwise conv.  x: (B, H, W, C) shared by all edges or (E, B, H, W, C);
-    kernel (E, k, k, 1, C).  Returns (E, B, H', W', C)."""
+def _depthwise_same_bwd(padding, residuals, g):
+    """dx: the same correlation of g with the flipped kernel; dk: one reduction over the
+    stacked windows (k² separate reductions compile into k² kernels)."""
+    x, kernel = residuals
+    k = kernel.shape[1]
+    dx = _depthwise_same(g, kernel[:, ::-1, ::-1], padding)
+    padded = jnp.pad(x, ((0, 0),) * 2 + ((padding, padding),) * 2 + ((0, 0),))
+    windows = jnp.stack([_window(padded, i, j, x.shape[2:4], 1) for i in range(k) for j in range(k)], axis=1)
+    dk = jnp.sum(windows * g[:, None], axis=(2, 3, 4))  # (E, k², C)
+    return dx, dk.reshape(kernel.shape).astype(kernel.dtype)
+
+
+_depthwise_same.defvjp(_depthwise_same_fwd, _depthwise_same_bwd)
+
+
+class _ConvOpGeometry(NamedTuple):
+    name: str
+    kernel: int
+    dilation: int
+    padding: int
+    separable: bool
+
+
+def _conv_geometry(primitives) -> list[_ConvOpGeometry]:
+    return [_ConvOpGeometry(n, *ops_lib._CONV_SPECS[n]) for n in primitives if n in ops_lib._CONV_SPECS]
+
+
+@functools.lru_cache(maxsize=32)
+def _union_taps(geometry: tuple[_ConvOpGeometry, ...]):
+    """The union of the ops' tap offsets around the centre, and per op the row of its kernel
+    (k·k flattened) at each union offset, k·k (a zero row) where the op has no tap."""
+    offsets = sorted({(i * g.dilation - g.padding, j * g.dilation - g.padding)
+                      for g in geometry for i in range(g.kernel) for j in range(g.kernel)})
+    rows = []
+    for g in geometry:
+        where = {(i * g.dilation - g.padding, j * g.dilation - g.padding): i * g.kernel + j
+                 for i in range(g.kernel) for j in range(g.kernel)}
+        rows.append(np.asarray([where.get(o, g.kernel * g.kernel) for o in offsets], np.int32))
+    return offsets, rows
+
+
+def _first_depthwise(r, kernels, geometry, strides: int, impl: str):
+    """Every conv op's first depthwise conv on every edge of one source, as ONE op.
+
+    r (B, H, W, C) is shared by all edges and ops; kernels[o] (E, k_o, k_o, 1, C).  On CPU
+    ("taps") the union of the ops' tap offsets (41 for the four DARTS convs, against 68
+    separate taps) is gathered once as patches (B, H', W', T, C) and contracted with all
+    O·E kernels in one batched matrix product; elsewhere each op runs XLA's native grouped
+    convolution.  Returns (O·E, B, H', W', C), op-major.
+    """
+    num_edges = kernels[0].shape[0]
     if impl == "lax":
-        conv = functools.partial(depthwise_conv, strides=strides, padding=((padding, padding),) * 2,
-                                 dilation=dilation, impl="lax")
-        return jax.vmap(conv, in_axes=(None if x.ndim == 4 else 0, 0))(x, kernel)
-    return _depthwise_taps(x, kernel, strides, padding, dilation)
+        outs = []
+        for g, kernel in zip(geometry, kernels):
+            conv = functools.partial(depthwise_conv, strides=strides, padding=((g.padding, g.padding),) * 2,
+                                     dilation=g.dilation, impl="lax")
+            outs.append(jax.vmap(conv, in_axes=(None, 0))(r, kernel))
+        return jnp.concatenate(outs, axis=0)
+    offsets, rows = _union_taps(tuple(geometry))
+    matrix = []
+    for g, kernel, row in zip(geometry, kernels, rows):
+        flat = kernel.reshape(num_edges, g.kernel * g.kernel, -1).astype(r.dtype)
+        flat = jnp.concatenate([flat, jnp.zeros_like(flat[:, :1])], axis=1)
+        matrix.append(flat[:, row])  # (E, T, C)
+    return _patch_contract(r, jnp.concatenate(matrix, axis=0), tuple(offsets), strides)
 
 
-def _edge_pointwise(x, kernel):
-    """Per-edge 1×1 conv: x (E, B, H, W, C) or shared (B, H, W, C), kernel (E, 1, 1, C, D)."""
-    if x.ndim == 4:
-        return jnp.einsum("bhwc,ecd->ebhwd", x, kernel[:, 0, 0].astype(x.dtype))
-    return jnp.einsum("ebhwc,ecd->ebhwd", x, kernel[:, 0, 0].astype(x.dtype))
+def _patches(r, offsets, strides: int):
+    """The windows of r (B, H, W, C) at the tap offsets, (T, B, H', W', C)."""
+    radius = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    out_hw = tuple(_out_size(n, 1, strides, 0, 1) for n in r.shape[1:3])
+    padded = jnp.pad(r, ((0, 0), (radius, radius), (radius, radius), (0, 0)))
+    return jnp.stack([_window(padded, radius + dy, radius + dx, out_hw, strides) for dy, dx in offsets])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _patch_contract(r, matrix, offsets, strides: int):
+    """out[n] = Σ_t window_t(r) · matrix[n, t]: (N, B, H', W', C) from r (B, H, W, C) and
+    per-channel tap weights matrix (N, T, C), as one batched matrix product over patches."""
+    return jnp.einsum("tbhwc,ntc->nbhwc", _patches(r, offsets, strides), matrix)
+
+
+def _patch_contract_fwd(r, matrix, offsets, strides):
+    return _patch_contract(r, matrix, offsets, strides), (r, matrix)
+
+
+def _patch_contract_bwd(offsets, strides, residuals, g):
+    """dr by ``ops.scatter_windows`` (~1.5× faster on CPU than XLA's own transpose of the
+    slices); the patches are recomputed rather than kept (T× the input's memory)."""
+    r, matrix = residuals
+    d_patches = jnp.einsum("nbhwc,ntc->tbhwc", g, matrix)
+    dr = ops_lib.scatter_windows(d_patches, offsets, strides, r.shape[1:3])
+    d_matrix = jnp.einsum("tbhwc,nbhwc->ntc", _patches(r, offsets, strides), g)
+    return dr.astype(r.dtype), d_matrix.astype(matrix.dtype)
+
+
+_patch_contract.defvjp(_patch_contract_fwd, _patch_contract_bwd)
 
 
 class SourceEdges(nn.Module):
     """The mixed ops of all ``num_edges`` edges leaving one state, computed together.
 
-    Returns (E, B, H', W', C): edge e's ō(x) = Σ_o w[e, o] · o_e(x).  Grouping the edges by
-    their source state is exact and makes the graph ~3× smaller than one module per edge:
-    the parametric ops of the E edges run as one batched op (weights with a leading E
-    axis, BN statistics per edge), and the parameter-free ops (pools + non-affine BN,
-    identity), whose outputs are the same on every edge leaving a state, run once.
-    Parameters per edge are exactly those of ``ops.Operation(name, C, stride,
+    Returns (E, B, H', W', C): edge e's ō(x) = Σ_o w[e, o] · o_e(x).  Edges that read the
+    same state are one batched computation, and so are the ops: the first depthwise conv
+    of all four conv ops on all E edges is one op (``_first_depthwise``), every pointwise
+    conv stage one batched matrix product and every BN stage one normalisation over an
+    (op, edge) axis; the parameter-free ops (pools + non-affine BN, identity), whose
+    outputs are the same on every edge, run once.  This keeps the traced graph a few
+    dozen ops per source, whatever the number of edges, which is what XLA's compile time
+    follows.  Parameters per edge are exactly those of ``ops.Operation(name, C, stride,
     affine=False)``: edge e's slice ``p[e]`` of every weight has that op's shape.
     """
 
@@ -209,6 +250,32 @@ class SourceEdges(nn.Module):
         return self.param(name, nn.initializers.lecun_normal(batch_axis=(0,)), (self.num_edges, *shape),
                           jnp.float32)
 
+    def _stacked_bn(self, y, names, train: bool):
+        """Non-affine BN of y (O·E, B, H, W, C), statistics per (op, edge, channel); the running
+        statistics of op o live under ``names[o]`` as flax's BatchNorm keeps them (E, C)."""
+        e, c = self.num_edges, y.shape[-1]
+        stats = [self.variable("batch_stats", n, lambda: {"mean": jnp.zeros((e, c), jnp.float32),
+                                                          "var": jnp.ones((e, c), jnp.float32)}) for n in names]
+        if train:
+            mean = jnp.mean(y, axis=(1, 2, 3))
+            var = jnp.maximum(jnp.mean(jnp.square(y), axis=(1, 2, 3)) - jnp.square(mean), 0.0)
+            if not self.is_initializing():
+                for o, s in enumerate(stats):
+                    part = slice(o * e, (o + 1) * e)
+                    s.value = {"mean": 0.9 * s.value["mean"] + 0.1 * jax.lax.stop_gradient(mean[part]),
+                               "var": 0.9 * s.value["var"] + 0.1 * jax.lax.stop_gradient(var[part])}
+        else:
+            mean = jnp.concatenate([s.value["mean"] for s in stats], axis=0)
+            var = jnp.concatenate([s.value["var"] for s in stats], axis=0)
+        scale = jax.lax.rsqrt(var + 1e-5)
+        return (y - mean[:, None, None, None, :]) * scale[:, None, None, None, :]
+
+    def _pointwise(self, y, names):
+        """Stacked 1×1 convs: y (O·E, B, H, W, C) with each op's (E, 1, 1, C, C) kernel."""
+        c = self.channels
+        kernel = jnp.concatenate([self._kernel(n, (1, 1, c, c))[:, 0, 0] for n in names], axis=0)
+        return jnp.einsum("nbhwc,ncd->nbhwd", y, kernel.astype(y.dtype))
+
     @nn.compact
     def __call__(self, x, weights, *, train: bool):
         impl = ops_lib.resolve_impl(self.impl)
@@ -216,41 +283,64 @@ class SourceEdges(nn.Module):
         if x.shape[-1] != c:
             raise ValueError(f"SourceEdges built for {c} channels got input {x.shape}.")
         r = nn.relu(x)
-        out = None
-
-        def add(out, y, k):
-            w = weights[:, k].astype(y.dtype).reshape(e, 1, 1, 1, 1)
-            y = w * (y[None] if y.ndim == 4 else y)
-            return y if out is None else out + y
-
+        shared = []  # (op index, (B, H', W', C)) outputs common to all edges.
+        per_edge = []  # (op index, (E, B, H', W', C)).
         for k, name in enumerate(self.primitives):
-            if name == "none":
-                continue
             if name in ("max_pool_3x3", "avg_pool_3x3"):
                 pool = ops_lib.max_pool_3x3 if name == "max_pool_3x3" else ops_lib.avg_pool_3x3
-                y = ops_lib.batch_norm(train, False, name=f"{name}_bn")(pool(x, stride, impl))
+                shared.append((k, ops_lib.batch_norm(train, False, name=f"{name}_bn")(pool(x, stride, impl))))
             elif name == "skip_connect" and stride == 1:
-                y = x
+                shared.append((k, x))
             elif name == "skip_connect":
                 if x.shape[1] % 2 or x.shape[2] % 2:
                     raise ValueError(f"skip_connect at stride 2 needs even spatial sizes, got {x.shape[1:3]}.")
                 a = _edge_pointwise(r[:, ::2, ::2], self._kernel(f"{name}_conv_1", (1, 1, c, c // 2)))
                 b = _edge_pointwise(r[:, 1::2, 1::2], self._kernel(f"{name}_conv_2", (1, 1, c, c // 2)))
-                y = _edge_bn(train, f"{name}_bn")(jnp.concatenate([a, b], axis=-1))
-            else:
-                kernel, dilation, padding, separable = ops_lib._CONV_SPECS[name]
-                y = _edge_depthwise(r, self._kernel(f"{name}_dw_0", (kernel, kernel, 1, c)), stride, padding,
-                                    dilation, impl)
-                y = _edge_bn(train, f"{name}_bn_0")(_edge_pointwise(y, self._kernel(f"{name}_pw_0", (1, 1, c, c))))
-                if separable:
-                    y = _edge_depthwise(nn.relu(y), self._kernel(f"{name}_dw_1", (kernel, kernel, 1, c)), 1,
-                                        padding, 1, impl)
-                    y = _edge_bn(train, f"{name}_bn_1")(
-                        _edge_pointwise(y, self._kernel(f"{name}_pw_1", (1, 1, c, c))))
-            out = add(out, y, k)
+                per_edge.append((k, _edge_bn(train, f"{name}_bn")(jnp.concatenate([a, b], axis=-1))))
+        geometry = _conv_geometry(self.primitives)
+        if geometry:
+            names = [g.name for g in geometry]
+            kernels = [self._kernel(f"{n}_dw_0", (g.kernel, g.kernel, 1, c)) for n, g in zip(names, geometry)]
+            y = _first_depthwise(r, kernels, geometry, stride, impl)
+            y = self._stacked_bn(self._pointwise(y, [f"{n}_pw_0" for n in names]), [f"{n}_bn_0" for n in names],
+                                 train)
+            ys = {n: y[o * e:(o + 1) * e] for o, n in enumerate(names)}
+            separable = [g for g in geometry if g.separable]
+            if separable:
+                seps = [g.name for g in separable]
+                z = jnp.concatenate([
+                    _edge_depthwise(nn.relu(ys[g.name]), self._kernel(f"{g.name}_dw_1", (g.kernel, g.kernel, 1, c)),
+                                    1, g.padding, 1, impl) for g in separable], axis=0)
+                z = self._stacked_bn(self._pointwise(z, [f"{n}_pw_1" for n in seps]), [f"{n}_bn_1" for n in seps],
+                                     train)
+                ys |= {n: z[o * e:(o + 1) * e] for o, n in enumerate(seps)}
+            per_edge += [(self.primitives.index(n), ys[n]) for n in names]
+        out = None
+        for k, y in per_edge:
+            term = weights[:, k].astype(y.dtype).reshape(e, 1, 1, 1, 1) * y
+            out = term if out is None else out + term
+        for k, y in shared:
+            term = weights[:, k].astype(y.dtype).reshape(e, 1, 1, 1, 1) * y[None]
+            out = term if out is None else out + term
         if out is None:  # Only "none": zeros.
             out = jnp.zeros((e,) + x[:, ::stride, ::stride].shape, x.dtype)
         return out
+
+
+def _edge_depthwise(x, kernel, strides: int, padding: int, dilation: int, impl: str):
+    """Per-edge stride-1 'same' depthwise conv of x (E, B, H, W, C) with kernels (E, k, k, 1, C)."""
+    if impl == "lax":
+        conv = functools.partial(depthwise_conv, strides=strides, padding=((padding, padding),) * 2,
+                                 dilation=dilation, impl="lax")
+        return jax.vmap(conv)(x, kernel)
+    if strides != 1 or dilation != 1:
+        raise ValueError("The taps depthwise conv of the second stage is stride 1, dilation 1.")
+    return _depthwise_same(x, kernel, padding)
+
+
+def _edge_pointwise(x, kernel):
+    """Per-edge 1×1 conv: x shared (B, H, W, C), kernel (E, 1, 1, C, D)."""
+    return jnp.einsum("bhwc,ecd->ebhwd", x, kernel[:, 0, 0].astype(x.dtype))
 
 
 class SearchCell(nn.Module):
