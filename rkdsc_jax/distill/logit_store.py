@@ -468,8 +468,9 @@ def precompute_logits(
     if missing:
         names = [shard_name(e, j) for e, j in missing]
         owners = sorted({(e * per_epoch + j) % process_count for e, j in missing})
+        when = "After every process reached the barrier" if barrier else f"After {wait_timeout_s:.0f} s"
         raise TimeoutError(
-            f"After {wait_timeout_s:.0f} s, {len(missing)} shards are still missing from {directory} "
+            f"{when}, {len(missing)} shards are still missing from {directory} "
             f"({', '.join(names[:5])}{' …' if len(names) > 5 else ''}), owned by processes {owners}. "
             "Run precompute_logits with those process_index values (it resumes), then rerun "
             "process 0 to write manifest.json.")
