@@ -530,8 +530,8 @@ def test_search_step_on_8_devices_equals_1_device():
 
 @pytest.mark.slow
 def test_search_and_retrain_modes_write_a_genotype_and_retrain_it(tmp_path):
-    """experiments.nas end to end: plain DARTS on synthetic data, then retraining its cell."""
-    from experiments import nas as nas_experiment
+    """experiments.darts.search end to end: plain DARTS on synthetic data, then retraining its cell."""
+    from experiments.darts import search as nas_experiment
     from experiments.configs import darts_fmnist
 
     config = darts_fmnist.get_config("plain")
@@ -558,8 +558,8 @@ def test_classifier_teacher_of_the_search_reproduces_its_training_runs_accuracy(
     """``teacher.kind='classifier'``: the search's teacher (params + batch statistics restored
     without the optimiser) classifies the test images exactly as the training run's own
     evaluation did; a teacher trained on other inputs is refused with the fix."""
-    from experiments import classifier
-    from experiments import nas as nas_experiment
+    from experiments.common import classifier
+    from experiments.darts import search as nas_experiment
     from experiments.configs import darts_fmnist, fmnist_classifier
     from rkdsc_jax import data
 
@@ -572,7 +572,7 @@ def test_classifier_teacher_of_the_search_reproduces_its_training_runs_accuracy(
 
     config = darts_fmnist.get_config("kdl")
     config.teacher.workdir = str(tmp_path / "teacher")
-    teacher_fn = jax.jit(nas_experiment._teacher_fn(config, 10, (16, 16, 1)))
+    teacher_fn = jax.jit(nas_experiment.teacher_fn(config, 10, (16, 16, 1)))
     source = data.take(data.get_source("fashion_mnist", "test"), 300)
     correct = 0.0
     for batch in data.eval_batches(source, batch_size=128,
@@ -582,11 +582,11 @@ def test_classifier_teacher_of_the_search_reproduces_its_training_runs_accuracy(
     assert correct / 300 == pytest.approx(trained["eval"]["accuracy"], abs=1e-6)
 
     with pytest.raises(ValueError, match="data.image_size"):
-        nas_experiment._teacher_fn(config, 10, (28, 28, 1))
+        nas_experiment.teacher_fn(config, 10, (28, 28, 1))
 
 
 def test_darts_comparison_tables_means_and_histograms(tmp_path):
-    from experiments import darts_comparison
+    from experiments.darts import comparison as darts_comparison
     from rkdsc_jax import files
 
     accuracies = {"kdl": (0.80, 0.90), "plain": (0.70, 0.72)}
