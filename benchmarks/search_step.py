@@ -130,7 +130,7 @@ def run_jax_retrain(args) -> dict:
 
     batch_size = 96
     model = GenotypeNetwork(genotypes.load(genotype_data.path("DARTS_V2")), 10, channels=36, layers=20,
-                            auxiliary=True, drop_path_prob=0.2, impl=args.impl)
+                            auxiliary=True, drop_path_prob=0.2, impl=args.impl, remat_cells=args.remat_cells)
     shape = (batch_size, args.image_size, args.image_size, args.in_channels)
     variables = jax.jit(lambda x: model.init({"params": jax.random.PRNGKey(0)}, x, train=False))(
         jnp.zeros((1,) + shape[1:]))
@@ -156,7 +156,8 @@ def run_jax_retrain(args) -> dict:
     labels = jax.device_put(rng.integers(0, 10, batch_size).astype(np.int32))
     row = _time_jax(jax.jit(step, donate_argnums=0), state, (images, labels), args.steps, args.profile_dir,
                     "jax_retrain")
-    return row | {"network": "retrain DARTS_V2 20x36, batch 96", "order": "retrain", "variant": ""}
+    return row | {"network": "retrain DARTS_V2 20x36, batch 96", "order": "retrain",
+                  "variant": "remat" if args.remat_cells else ""}
 
 
 def _time_jax(step, state, inputs, steps: int, profile_dir: str = "", name: str = "") -> dict:
@@ -236,7 +237,8 @@ def _configurations(args):
 def _worker_args(args) -> list[str]:
     keys = ("layers", "channels", "batch_size", "image_size", "in_channels", "steps", "impl", "torch_threads",
             "torch_device", "profile_dir")
-    return [f"--{k}={getattr(args, k)}" for k in keys]
+    flags = [f"--{k}={getattr(args, k)}" for k in keys]
+    return flags + (["--remat_cells"] if args.remat_cells else [])
 
 
 def main():
@@ -247,7 +249,8 @@ def main():
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--in_channels", type=int, default=3)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--orders", type=lambda s: s.split(","), default=["first", "second"])
+    parser.add_argument("--orders", type=lambda s: [o for o in s.split(",") if o], default=["first", "second"],
+                        help="first,second; empty (--orders=) with --retrain times the retrain network only.")
     parser.add_argument("--frameworks", type=lambda s: s.split(","), default=["jax", "torch"])
     parser.add_argument("--jax_second_order_methods", type=lambda s: s.split(","),
                         default=["unrolled", "hvp", "finite_difference"])
@@ -255,6 +258,7 @@ def main():
     parser.add_argument("--torch_threads", type=int, default=0, help="0: one per core.")
     parser.add_argument("--torch_device", default="cpu", help="cpu | cuda: where PyTorch runs.")
     parser.add_argument("--retrain", action="store_true", help="Also time the DARTS_V2 retrain network's step.")
+    parser.add_argument("--remat_cells", action="store_true", help="The retrain network recomputes its cells.")
     parser.add_argument("--impl", default="auto", help="JAX op implementation: auto | taps | lax.")
     parser.add_argument("--profile_dir", default="",
                         help="Also trace one JAX step per configuration here and report where its time goes.")

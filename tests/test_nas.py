@@ -366,6 +366,7 @@ def test_scanned_genotype_network_equals_one_module_per_cell():
 
 @pytest.mark.slow
 def test_scanned_genotype_network_has_the_per_cell_gradients():
+    """Also with every cell recomputed in the backward pass (``remat_cells``)."""
     scanned, per_cell, x, variables, stacked = _scanned_and_per_cell_networks()
 
     def grads(model, variables):
@@ -375,9 +376,11 @@ def test_scanned_genotype_network_has_the_per_cell_gradients():
         return jax.grad(loss)(variables["params"])
 
     ours = jax.jit(lambda v: grads(scanned, v))(stacked)
+    recomputed = jax.jit(lambda v: grads(scanned.clone(remat_cells=True), v))(stacked)
     theirs = network.stack_cells(jax.jit(lambda v: grads(per_cell, v))(variables), 10, 4)
     scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(theirs))
     chex.assert_trees_all_close(ours, theirs, atol=1e-5 * scale, rtol=0)  # float32 sums in other orders.
+    chex.assert_trees_all_close(recomputed, theirs, atol=1e-5 * scale, rtol=0)
 
 
 def test_genotype_network_trains_with_drop_path_and_aux():

@@ -41,7 +41,7 @@ class GenotypeCell(nn.Module):
     impl: str = "auto"
 
     @nn.compact
-    def __call__(self, s0, s1, *, train: bool):
+    def __call__(self, s0, s1, train: bool):
         gene, concat = self.genotype.cell("reduce" if self.reduction else "normal")
         if self.reduction_prev:
             s0 = ops_lib.FactorizedReduce(self.channels, name="preprocess0")(s0, train=train)
@@ -148,6 +148,9 @@ class GenotypeNetwork(nn.Module):
     # compile time follows the number of distinct cells, not the depth.  Parameters of a run
     # are stacked under "cells_<first>_<last>"; False keeps one "cell_<i>" per cell.
     scan_cells: bool = True
+    # Recompute each cell's activations in the backward pass (jax.checkpoint) instead of
+    # keeping them: ~1/3 more compute for a fraction of the memory, where memory is the limit.
+    remat_cells: bool = False
 
     @nn.compact
     def __call__(self, x, *, train: bool):
@@ -163,11 +166,13 @@ class GenotypeNetwork(nn.Module):
                                  aux_index if self.scan_cells else None, self.scan_cells):
             spec = group[0]
             if len(group) == 1:
-                cell = GenotypeCell(self.genotype, spec.channels, spec.reduction, spec.reduction_prev,
-                                    self.drop_path_prob, self.impl, name=f"cell_{spec.index}")
-                s0, s1 = s1, cell(s0, s1, train=train)
+                cell_type = nn.remat(GenotypeCell, static_argnums=(3,)) if self.remat_cells else GenotypeCell
+                cell = cell_type(self.genotype, spec.channels, spec.reduction, spec.reduction_prev,
+                                 self.drop_path_prob, self.impl, name=f"cell_{spec.index}")
+                s0, s1 = s1, cell(s0, s1, train)
             else:
-                scanned = nn.scan(_CarriedCell, variable_axes={"params": 0, "batch_stats": 0},
+                body = nn.remat(_CarriedCell) if self.remat_cells else _CarriedCell
+                scanned = nn.scan(body, variable_axes={"params": 0, "batch_stats": 0},
                                   split_rngs={"params": True, "dropout": True}, length=len(group))
                 (s0, s1), _ = scanned(self.genotype, spec.channels, self.drop_path_prob, self.impl, train,
                                       name=f"cells_{spec.index}_{group[-1].index}")((s0, s1), None)
