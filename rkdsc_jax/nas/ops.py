@@ -148,16 +148,20 @@ class Conv(nn.Module):
 # --- Pools -------------------------------------------------------------------------------
 
 
-def _pool_taps(x, strides: int, fill):
-    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=fill)
-    out_h = (padded.shape[1] - 3) // strides + 1
-    out_w = (padded.shape[2] - 3) // strides + 1
-    for i in range(3):
-        for j in range(3):
-            yield jax.lax.slice(padded, (0, i, j, 0),
-                                (padded.shape[0], i + (out_h - 1) * strides + 1,
-                                 j + (out_w - 1) * strides + 1, padded.shape[3]),
-                                (1, strides, strides, 1))
+POOL_OFFSETS = tuple((i - 1, j - 1) for i in range(3) for j in range(3))
+
+
+def take_windows(x, offsets, strides: int, fill=0.0) -> list:
+    """The windows x[s·i + dy, s·j + dx] of x (B, H, W, C) at each tap offset (dy, dx), ``fill``
+    outside x: a list of (B, H', W', C), H' = ceil(H / s).  ``scatter_windows`` is its transpose."""
+    radius = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    padded = jnp.pad(x, ((0, 0), (radius, radius), (radius, radius), (0, 0)), constant_values=fill)
+    out_h, out_w = (x.shape[1] - 1) // strides + 1, (x.shape[2] - 1) // strides + 1
+    return [jax.lax.slice(padded, (0, radius + dy, radius + dx, 0),
+                          (padded.shape[0], radius + dy + (out_h - 1) * strides + 1,
+                           radius + dx + (out_w - 1) * strides + 1, padded.shape[3]),
+                          (1, strides, strides, 1))
+            for dy, dx in offsets]
 
 
 @functools.lru_cache(maxsize=64)
@@ -180,7 +184,7 @@ def max_pool_3x3(x, strides: int, impl: str = "auto"):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _max_pool_taps(x, strides: int):
-    return functools.reduce(jnp.maximum, _pool_taps(x, strides, -jnp.inf))
+    return functools.reduce(jnp.maximum, take_windows(x, POOL_OFFSETS, strides, -jnp.inf))
 
 
 def _max_pool_taps_fwd(x, strides):
@@ -192,10 +196,9 @@ def _max_pool_taps_bwd(strides, x, g):
     reduce_window do.  jnp.maximum's own rule splits it between tied maxima, which is
     wrong where the tied pixels are not the same function of the weights, and ties are
     common (ReLU-zeroed regions, flat backgrounds)."""
-    windows = jnp.stack(list(_pool_taps(x, strides, -jnp.inf)))  # (9, B, H', W', C)
+    windows = jnp.stack(take_windows(x, POOL_OFFSETS, strides, -jnp.inf))  # (9, B, H', W', C)
     first = jax.nn.one_hot(jnp.argmax(windows, axis=0), 9, axis=0, dtype=g.dtype)
-    offsets = [(i - 1, j - 1) for i in range(3) for j in range(3)]
-    return (scatter_windows(first * g[None], offsets, strides, x.shape[1:3]).astype(x.dtype),)
+    return (scatter_windows(first * g[None], POOL_OFFSETS, strides, x.shape[1:3]).astype(x.dtype),)
 
 
 _max_pool_taps.defvjp(_max_pool_taps_fwd, _max_pool_taps_bwd)
@@ -222,7 +225,7 @@ def scatter_windows(d_windows, offsets, strides: int, size):
 def avg_pool_3x3(x, strides: int, impl: str = "auto"):
     if resolve_impl(impl) == "lax":
         return nn.avg_pool(x, (3, 3), (strides, strides), ((1, 1), (1, 1)), count_include_pad=False)
-    total = functools.reduce(jnp.add, _pool_taps(x, strides, 0.0))
+    total = functools.reduce(jnp.add, take_windows(x, POOL_OFFSETS, strides))
     return total / _avg_pool_counts(x.shape[1], x.shape[2], strides).astype(x.dtype)
 
 

@@ -194,19 +194,11 @@ def _first_depthwise(r, kernels, geometry, strides: int, impl: str):
     return _patch_contract(r, jnp.concatenate(matrix, axis=0), tuple(offsets), strides)
 
 
-def _patches(r, offsets, strides: int):
-    """The windows of r (B, H, W, C) at the tap offsets, (T, B, H', W', C)."""
-    radius = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
-    out_hw = tuple(_out_size(n, 1, strides, 0, 1) for n in r.shape[1:3])
-    padded = jnp.pad(r, ((0, 0), (radius, radius), (radius, radius), (0, 0)))
-    return jnp.stack([_window(padded, radius + dy, radius + dx, out_hw, strides) for dy, dx in offsets])
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _patch_contract(r, matrix, offsets, strides: int):
     """out[n] = Σ_t window_t(r) · matrix[n, t]: (N, B, H', W', C) from r (B, H, W, C) and
     per-channel tap weights matrix (N, T, C), as one batched matrix product over patches."""
-    return jnp.einsum("tbhwc,ntc->nbhwc", _patches(r, offsets, strides), matrix)
+    return jnp.einsum("tbhwc,ntc->nbhwc", jnp.stack(ops_lib.take_windows(r, offsets, strides)), matrix)
 
 
 def _patch_contract_fwd(r, matrix, offsets, strides):
@@ -219,7 +211,7 @@ def _patch_contract_bwd(offsets, strides, residuals, g):
     r, matrix = residuals
     d_patches = jnp.einsum("nbhwc,ntc->tbhwc", g, matrix)
     dr = ops_lib.scatter_windows(d_patches, offsets, strides, r.shape[1:3])
-    d_matrix = jnp.einsum("tbhwc,nbhwc->ntc", _patches(r, offsets, strides), g)
+    d_matrix = jnp.einsum("tbhwc,nbhwc->ntc", jnp.stack(ops_lib.take_windows(r, offsets, strides)), g)
     return dr.astype(r.dtype), d_matrix.astype(matrix.dtype)
 
 
