@@ -14,8 +14,11 @@ from absl import logging
 from etils import epath
 
 from rkdsc_jax import evaluation, files
+from rkdsc_jax.train import workdir as workdir_lib
 
 read_json = files.read_json
+# A pipeline's or study's lists of seeds and methods choose which runs exist, not what one computes.
+PIPELINE_SECTIONS = ("pipeline", "study")
 
 
 def write_json(path: epath.PathLike, obj: Any) -> None:
@@ -28,20 +31,57 @@ def write_text(path: epath.PathLike, text: str) -> None:
         files.atomic_write_text(path, text)
 
 
-def start_run(config, workdir: epath.PathLike, what: str) -> tuple[epath.Path, float]:
-    """Creates ``workdir``, writes its ``config.json`` (overrides included) and logs ``what``;
-    returns the workdir as a path and the start time."""
+def run_identity(config, *, only=None, exclude=(), inputs=None) -> dict:
+    """The run's identity (``rkdsc_jax.train.workdir``): every field but the cosmetic ones and the
+    pipeline's seed/method lists, and the fingerprints of the artifacts it consumes (``inputs``)."""
+    exclude = tuple(e if "." in e or e.startswith("/") else "/" + e for e in (*PIPELINE_SECTIONS, *exclude))
+    return workdir_lib.identity(config, only=only, exclude=exclude, inputs=inputs)
+
+
+def start_run(config, workdir: epath.PathLike, what: str, *, identity: dict | None = None) -> tuple[epath.Path, float]:
+    """Creates ``workdir``, refuses it when another live run holds it or when it records another
+    run's config (``run.json``, see ``rkdsc_jax.train.workdir``), records this run's identity and
+    ``config.json`` (overrides included) and logs ``what``; returns the workdir and the start time."""
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
+    identity = run_identity(config) if identity is None else identity
+    with workdir_lib.WorkdirLock(workdir):  # Refuses early, before data and compilation; fit holds it.
+        if jax.process_index() == 0:
+            workdir_lib.check_and_record(workdir, identity)
+        else:
+            workdir_lib.check_and_record(workdir, identity, write=False)
+        write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
     logging.info("%s → %s", what, workdir)
     return workdir, time.perf_counter()
 
 
-def run_once(workdir: epath.PathLike, train: Callable[[], dict]) -> dict:
-    """The finished run's ``summary.json``, or ``train()`` when there is none (a stage of a
-    resumable pipeline)."""
-    done = read_json(epath.Path(workdir) / "summary.json")
+def finished(workdir: epath.PathLike, identity: dict | None, name: str = "summary.json") -> dict | None:
+    """A pipeline stage's finished output ``workdir/name``, or None when it must run.
+
+    A stage recorded for other fields or inputs is computed again: its directory is moved aside
+    (``<dir>.superseded-<time>``, logged, nothing deleted), unless RKDSC_ALLOW_CONFIG_CHANGE=1 keeps
+    it.  A finished stage from before identities were recorded is kept, and its identity recorded."""
+    workdir = epath.Path(workdir)
+    if identity is not None and workdir.exists():
+        diff = workdir_lib.mismatch(workdir, identity)
+        if diff and workdir_lib.allow_change():
+            logging.warning("%s=1: keeping %s although its inputs changed (%s).", workdir_lib.ALLOW_ENV, workdir,
+                            "; ".join(diff))
+        elif diff:
+            if jax.process_index() == 0:
+                workdir_lib.move_aside(workdir, "; ".join(diff))
+            return None
+    done = read_json(workdir / name)
+    if done is not None and identity is not None and workdir_lib.recorded(workdir) is None \
+            and jax.process_index() == 0:
+        files.atomic_write_json(workdir / workdir_lib.RUN_FILE, identity)
+    return done
+
+
+def run_once(workdir: epath.PathLike, train: Callable[[], dict], identity: dict | None = None) -> dict:
+    """The finished run's ``summary.json``, or ``train()`` when there is none or when it was
+    computed from another config or inputs (:func:`finished`; a stage of a resumable pipeline)."""
+    done = finished(workdir, identity)
     if done is not None:
         logging.info("Skipping %s: finished.", workdir)
         return done

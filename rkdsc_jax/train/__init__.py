@@ -3,6 +3,7 @@
 from rkdsc_jax.train.checkpoint import Checkpointer
 from rkdsc_jax.train.loop import (
     LoopConfig,
+    NonFiniteError,
     PeriodicAction,
     classifier_eval_step,
     classifier_train_step,
@@ -24,3 +25,4 @@ from rkdsc_jax.train.mesh import (
 )
 from rkdsc_jax.train.metrics import MetricWriter, Progress, read_metrics
 from rkdsc_jax.train.state import TrainState, create_train_state, make_optimizer, param_count
+from rkdsc_jax.train.workdir import ConfigMismatchError, WorkdirLock, WorkdirLockedError

@@ -23,8 +23,9 @@ from etils import epath
 from jax.sharding import Mesh
 
 from rkdsc_jax.train import mesh as mesh_lib
+from rkdsc_jax.train import workdir as workdir_lib
 from rkdsc_jax.train.checkpoint import Checkpointer
-from rkdsc_jax.train.metrics import MetricWriter, Progress, mean_metrics
+from rkdsc_jax.train.metrics import MetricWriter, Progress
 
 StepFn = Callable[[Any, Mapping[str, jax.Array]], tuple[Any, Mapping[str, jax.Array]]]
 EvalFn = Callable[[Any], Mapping[str, float]]
@@ -40,10 +41,25 @@ class LoopConfig:
     keep_checkpoints: int = 3
     # Also log and checkpoint every ``epoch_steps`` steps (the search's epoch boundaries).
     epoch_steps: int | None = None
+    # Steps with a non-finite metric stop the run (the default), or, with ``skip_nonfinite``
+    # and an optimizer wrapped in ``optax.apply_if_finite`` (``make_optimizer`` with
+    # ``skip_nonfinite``), are skipped and counted (metric ``nonfinite_steps``) until
+    # ``max_nonfinite_in_a_row`` come in a row.
+    skip_nonfinite: bool = False
+    max_nonfinite_in_a_row: int = 10
 
     def __post_init__(self):
-        if self.num_steps < 1 or self.log_every < 1:
-            raise ValueError(f"num_steps and log_every must be >= 1, got {self.num_steps}, {self.log_every}.")
+        for name in ("num_steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
+                     "max_nonfinite_in_a_row"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"LoopConfig.{name} must be an integer >= 1, got {value!r}; set the run's "
+                                 f"{name} (e.g. --config.train.{name}) to a positive whole number.")
+        for name in ("eval_every", "epoch_steps"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                                      or value < 1):
+                raise ValueError(f"LoopConfig.{name} must be None or an integer >= 1, got {value!r}.")
         # Logged metrics average over whole intervals; checkpoints on interval boundaries
         # keep a resumed run's metrics identical to an uninterrupted run's.
         if self.checkpoint_every % self.log_every:
@@ -58,12 +74,19 @@ def steps_from_epochs(num_examples: int, batch_size: int, num_epochs: float | No
     """The one conversion of a run's length to steps: ``num_steps`` when given, else
     ``ceil(num_epochs * num_examples / batch_size)`` (at least 1); ``whole_batches`` counts
     only full batches per epoch, ``floor(num_examples / batch_size) * num_epochs`` (DARTS's search)."""
-    if num_steps:
+    if num_steps is not None:
+        if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 1:
+            raise ValueError(f"num_steps must be a whole number >= 1 (or None to use num_epochs), got {num_steps!r}.")
         return int(num_steps)
     if num_epochs is None:
         raise ValueError("Give num_steps or num_epochs.")
+    if not math.isfinite(num_epochs) or num_epochs <= 0:
+        raise ValueError(f"num_epochs must be a finite number > 0, got {num_epochs!r}.")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}; pass a positive batch size.")
+    if num_examples < 1:
+        raise ValueError(f"The training set has {num_examples} examples; pass num_train_examples >= 1 (or None "
+                         "for all).")
     if whole_batches:
         per_epoch = num_examples // batch_size
         if per_epoch < 1:
@@ -139,8 +162,72 @@ def fit(
     ``eval_every`` and at the end), the ``hooks`` that are due, checkpoint.  Returns the
     final state and a summary (throughput, wall time, last metrics).
     """
+    if not isinstance(config, LoopConfig):
+        raise TypeError(f"fit's config must be a train.LoopConfig, got {type(config).__name__}.")
     mesh_lib.check_batch_size(config.batch_size, mesh)
-    checkpointer = Checkpointer(epath.Path(workdir) / "checkpoints", config.keep_checkpoints)
+    with workdir_lib.WorkdirLock(workdir):  # One run per workdir: no interleaved checkpoints or metrics rows.
+        return _fit(state, train_step, train_iter, mesh, epath.Path(workdir), config, eval_fn, batch_keys, hooks,
+                    name)
+
+
+class NonFiniteError(FloatingPointError):
+    """A training metric became NaN or infinite."""
+
+
+def _skip_counter(opt_state) -> Any:
+    """The ``total_notfinite`` count of an ``optax.apply_if_finite`` in ``opt_state`` (None: none)."""
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ApplyIfFiniteState))
+             if isinstance(s, optax.ApplyIfFiniteState)]
+    return found[0].total_notfinite if found else None
+
+
+class _Guard:
+    """Finds non-finite metrics in a logging interval's buffered per-step metrics (one host copy
+    per interval, none per step) and either stops the run or, in skip mode, counts them."""
+
+    def __init__(self, config: LoopConfig, checkpointer: Checkpointer, workdir: epath.Path, state):
+        self.config, self.checkpointer, self.workdir = config, checkpointer, workdir
+        self.in_a_row = 0
+        if config.skip_nonfinite and _skip_counter(state.opt_state) is None:
+            raise ValueError("LoopConfig.skip_nonfinite needs an optimizer wrapped in optax.apply_if_finite (so that "
+                             "a skipped step leaves the state unchanged); build it with train.make_optimizer and "
+                             "skip_nonfinite=True in its config, or turn skip_nonfinite off.")
+
+    def _stop(self, step: int, metric: str, value: float, reason: str = "") -> None:
+        self.checkpointer.wait()
+        last = self.checkpointer.latest_step()
+        where = (f"the last good checkpoint is step {last} in {self.checkpointer.directory} (rerunning resumes from "
+                 "it)" if last is not None else "no checkpoint was written yet")
+        raise NonFiniteError(
+            f"Training stopped at step {step}: {metric} is {value}{reason}; no checkpoint of the non-finite state "
+            f"was written and {where}. Lower the learning rate, clip gradients (grad_clip_norm) or check the "
+            f"inputs for NaNs; to skip such steps instead, set skip_nonfinite (off by default).")
+
+    def interval_mean(self, history: list, last_step: int) -> dict[str, float]:
+        stacked = jax.device_get(jax.tree.map(lambda *xs: np.stack(xs), *history))
+        stacked = {k: np.asarray(v).reshape(len(history), -1) for k, v in stacked.items()}
+        first = last_step - len(history) + 1
+        bad = np.zeros(len(history), bool)
+        for values in stacked.values():
+            bad |= ~np.all(np.isfinite(values), axis=1)
+        if not self.config.skip_nonfinite and bad.any():
+            i = int(np.argmax(bad))
+            metric = next(k for k, v in stacked.items() if not np.all(np.isfinite(v[i])))
+            self._stop(first + i, metric, float(stacked[metric][i][~np.isfinite(stacked[metric][i])][0]))
+        for i, b in enumerate(bad):
+            self.in_a_row = self.in_a_row + 1 if b else 0
+            if self.in_a_row >= self.config.max_nonfinite_in_a_row:
+                metric = next(k for k, v in stacked.items() if not np.all(np.isfinite(v[i])))
+                self._stop(first + i, metric, float("nan"),
+                           f" for {self.in_a_row} steps in a row (skip_nonfinite gives up after "
+                           f"max_nonfinite_in_a_row={self.config.max_nonfinite_in_a_row})")
+        good = ~bad
+        return {k: float(np.mean(v[good])) if good.any() else float("nan") for k, v in stacked.items()}
+
+
+def _fit(state, train_step, train_iter, mesh, workdir: epath.Path, config: LoopConfig, eval_fn, batch_keys, hooks,
+         name):
+    checkpointer = Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
     writer = MetricWriter(workdir)
     first_step = 0
     if checkpointer.latest_step() is not None:
@@ -148,6 +235,7 @@ def fit(
         first_step = int(jax.device_get(state.step))
         writer.truncate(first_step)
         logging.info("Resuming at step %d of %d.", first_step, config.num_steps)
+    guard = _Guard(config, checkpointer, workdir, state)
 
     for hook in hooks:
         if hook.on_start is not None:
@@ -164,8 +252,11 @@ def fit(
             raise ValueError(f"The training iterator ran out at step {step} of {config.num_steps}.")
         state, metrics = train_step(state, mesh_lib.shard_batch(batch, mesh, batch_keys))
         history.append(metrics)
+        # Every checkpoint falls on a logging step (LoopConfig), so the guard sees each interval first.
         if step % config.log_every == 0 or step == config.num_steps or epoch_end(step):
-            last_train = mean_metrics(history)
+            last_train = guard.interval_mean(history, step)
+            if config.skip_nonfinite:
+                last_train["nonfinite_steps"] = float(jax.device_get(_skip_counter(state.opt_state)))
             history = []
             throughput = progress.log(step, last_train)
             if step > first_step + config.log_every:  # The first interval includes compilation.
@@ -197,6 +288,8 @@ def fit(
         "train": last_train,
         "eval": last_eval,
     }
+    if config.skip_nonfinite:
+        summary["nonfinite_steps"] = int(jax.device_get(_skip_counter(state.opt_state)))
     return state, summary
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax
@@ -56,8 +57,21 @@ def make_optimizer(config, num_steps: int) -> optax.GradientTransformation:
     """optax optimiser from a config with fields ``optimizer`` (adamw | sgd), ``learning_rate``,
     ``warmup_steps``, ``weight_decay``, ``momentum`` and ``grad_clip_norm``.
 
-    The learning rate follows linear warm-up then cosine decay to zero.
+    The learning rate follows linear warm-up then cosine decay to zero.  With ``skip_nonfinite``
+    (optional field, off by default) a step with non-finite gradients leaves the parameters and
+    optimiser state unchanged and is counted (``optax.apply_if_finite``; see ``LoopConfig``).
     """
+    for name in ("learning_rate", "weight_decay"):
+        value = config.get(name) if hasattr(config, "get") else getattr(config, name, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value) or value < 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}; pass e.g. "
+                             f"--config.train.{name}={'1e-3' if name == 'learning_rate' else '1e-4'}.")
+    warmup = config.warmup_steps
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup_steps must be a whole number >= 0, got {warmup!r}.")
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}.")
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, config.learning_rate, config.warmup_steps, max(num_steps, config.warmup_steps + 1)
     )
@@ -72,4 +86,7 @@ def make_optimizer(config, num_steps: int) -> optax.GradientTransformation:
         raise ValueError(f"Unknown optimizer {config.optimizer!r}; use 'adamw' or 'sgd'.")
     if config.get("grad_clip_norm"):
         tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+    if config.get("skip_nonfinite"):
+        # Never applies a non-finite update; the loop gives up after max_nonfinite_in_a_row.
+        tx = optax.apply_if_finite(tx, max_consecutive_errors=2**30)
     return tx
