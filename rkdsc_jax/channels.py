@@ -21,16 +21,24 @@ Conventions (chosen once, used everywhere):
   There is no complex bfloat16, so ``transmit`` computes in float32 and casts back.
 
 Input checks raise ``ValueError`` naming the problem and the fix. Shape and dtype checks
-always run (shapes are static under jit); value checks (NaN/inf SNR, negative K-factor)
-run only on concrete inputs and are skipped for tracers.
+always run (shapes are static under jit); value checks (NaN/inf in x, z or SNR, masks that
+are not 0/1 or send nothing, negative K-factor, zero h under ZF) run only on concrete
+inputs and are skipped for tracers. ``checked(fn)`` runs ``fn`` jitted with the value
+checks compiled in (``jax.experimental.checkify``), for inputs that only exist inside jit.
+
+``ChannelSpec`` is the one receiver description (CSI, equaliser, Rician K) that training
+and evaluation both send through, so a network is evaluated on the channel it was trained on.
 """
 
+import contextvars
+import dataclasses
 import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 CHANNEL_KINDS = ("awgn", "rayleigh", "rayleigh_fast", "rician")
 CSI_MODES = ("perfect", "none")
@@ -52,7 +60,7 @@ def _check_choice(name, value, valid):
         raise ValueError(f"unknown {name} {value!r}; use one of {valid}.")
 
 
-def _check_finite(name, value):
+def _check_finite(name, value, hint="pass finite values in dB (e.g. 300 dB for an almost noiseless link)"):
     arr = _concrete(value)
     if arr is None:
         return
@@ -62,12 +70,11 @@ def _check_finite(name, value):
         raise ValueError(f"{name} must be real, got a complex value.")
     if not np.all(np.isfinite(arr.astype(np.float64))):
         raise ValueError(
-            f"{name} contains NaN or ±inf ({arr.tolist() if arr.size <= 8 else 'array'}); "
-            f"pass finite values in dB (e.g. 300 dB for an almost noiseless link).")
+            f"{name} contains NaN or ±inf ({arr.tolist() if arr.size <= 8 else 'array'}); {hint}.")
 
 
 def _check_rician_k(rician_k):
-    _check_finite("rician_k", rician_k)
+    _check_finite("rician_k", rician_k, "pass a finite K-factor >= 0 (linear, not dB)")
     arr = _concrete(rician_k)
     if arr is not None and np.any(arr < 0):
         raise ValueError(
@@ -80,6 +87,55 @@ def _check_complex(name, z, hint):
         raise ValueError(f"{name} must be complex, got dtype {z.dtype}; {hint}.")
     if z.ndim < 1:
         raise ValueError(f"{name} needs a last axis of symbols, got a scalar.")
+
+
+def _check_values(name, x, hint):
+    """NaN/inf anywhere in a concrete real or complex array (skipped for tracers)."""
+    arr = _concrete(x)
+    if arr is None or arr.size == 0:
+        return
+    if not np.iscomplexobj(arr):
+        arr = arr.astype(np.float32)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name} contains NaN or ±inf ({int(bad.sum())} of {arr.size} values, first at index "
+            f"{first}); {hint}.")
+
+
+def _check_mask_values(mask, allow_empty=False):
+    """A concrete mask holds only 0/1 and (unless ``allow_empty``) sends a symbol per row."""
+    arr = _concrete(mask)
+    if arr is None or arr.size == 0:
+        return
+    arr = arr.astype(np.float32)
+    odd = arr[(arr != 0) & (arr != 1)]
+    if odd.size:
+        raise ValueError(
+            f"mask must hold only 0 (not sent) and 1 (sent), got {np.unique(odd)[:5].tolist()}; "
+            f"build it as (jnp.arange(k) < num_symbols).astype(jnp.float32).")
+    if allow_empty:
+        return
+    rows = arr.reshape(-1, arr.shape[-1]) if arr.ndim else arr.reshape(1, 1)
+    empty = np.flatnonzero(rows.sum(-1) == 0)
+    if empty.size:
+        raise ValueError(
+            f"mask row {int(empty[0])} sends no symbol (all zeros); every sample needs at least "
+            f"one active symbol, since its power is normalised over them.")
+
+
+def _check_key(key):
+    """One PRNG key: a typed key of shape () or a raw uint32 key of shape (2,)."""
+    key = key if isinstance(key, jax.Array) else np.asarray(key)
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        ok = key.ndim == 0
+    else:
+        ok = key.dtype == np.uint32 and key.shape == (2,)
+    if not ok:
+        raise ValueError(
+            f"key must be one PRNG key, jax.random.key(seed) or jax.random.PRNGKey(seed), got "
+            f"dtype {key.dtype} shape {key.shape}; split a batch of keys with vmap, not one call.")
 
 
 def _real_dtype(complex_dtype):
@@ -172,6 +228,7 @@ def normalize_power(z, mask=None, power=1.0):
     """
     z = jnp.asarray(z)
     _check_complex("normalize_power input", z, "use real_to_complex first")
+    _check_values("normalize_power input", z, "pass finite symbols")
     m = None
     if mask is not None:
         m = jnp.asarray(mask).astype(_real_dtype(z.dtype))
@@ -183,7 +240,8 @@ def normalize_power(z, mask=None, power=1.0):
             raise ValueError(
                 f"mask of shape {m.shape} does not broadcast to the symbols' shape {z.shape}; "
                 f"use shape (k,) = ({z.shape[-1]},) or {z.shape}.")
-    _check_finite("power", power)
+        _check_mask_values(mask, allow_empty=True)  # Documented: an empty row stays 0.
+    _check_finite("power", power, "pass a finite power > 0")
     if _concrete(power) is not None and np.any(_concrete(power) <= 0):
         raise ValueError(f"power must be > 0, got {power}.")
     return _normalize_power(z, m, power)
@@ -222,6 +280,8 @@ def fading(key, shape, kind="rayleigh", rician_k=1.0, dtype=jnp.complex64):
     shape = tuple(shape)
     if len(shape) < 1:
         raise ValueError("fading needs a symbol shape (..., k) with at least one axis.")
+    if any(not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
+        raise ValueError(f"fading needs a shape of non-negative ints, got {shape}.")
     if not jnp.issubdtype(dtype, jnp.complexfloating):
         raise ValueError(f"fading needs a complex dtype (e.g. jnp.complex64), got {dtype}.")
     return _fading(key, shape, kind, rician_k, dtype)
@@ -247,6 +307,21 @@ def equalize(y, h, noise_var, equalizer="zf"):
     |y|/(2σ)); the safer choice for training.
     """
     _check_choice("equalizer", equalizer, EQUALIZERS)
+    y, h, noise_var = jnp.asarray(y), jnp.asarray(h), jnp.asarray(noise_var)
+    try:
+        np.broadcast_shapes(y.shape, h.shape, noise_var.shape)
+    except ValueError:
+        raise ValueError(
+            f"equalize: y {y.shape}, h {h.shape} and noise_var {noise_var.shape} do not broadcast; "
+            f"give h as (..., 1) per block or like y, noise_var as a scalar or (..., 1).") from None
+    _check_finite("noise_var", noise_var, "pass the finite noise power sigma^2 >= 0")
+    nv = _concrete(noise_var)
+    if nv is not None and np.any(nv < 0):
+        raise ValueError(f"noise_var must be >= 0 (it is sigma^2), got min {float(nv.min())}.")
+    hv = _concrete(h)
+    if equalizer == "zf" and hv is not None and np.any(hv == 0):
+        raise ValueError("equalize: h is 0 for some symbols and ZF divides by h; use "
+                         "equalizer='mmse', which is bounded.")
     return _equalize(y, h, noise_var, equalizer)
 
 
@@ -271,12 +346,35 @@ def _check_options(kind, csi, equalizer, rician_k):
 # The public functions validate in Python, then call one jitted core: an eager call
 # compiles a single program (XLA compiles per shape; threefry alone takes ~1 s on a
 # small CPU) instead of one per primitive. Under an outer jit the core is inlined.
-_STATIC = ("kind", "csi", "equalizer", "return_h")
+_STATIC = ("kind", "csi", "equalizer", "return_h", "checks")
+
+# Set by ``checked`` while it traces: the cores then compile the value checks in. A static
+# argument of the cores, so checked and unchecked programs are cached apart.
+_CHECKIFY = contextvars.ContextVar("rkdsc_channels_checkify", default=False)
+
+
+def _checkify_values(checks, **arrays):
+    """In-jit twins of the host checks (only under ``checked``)."""
+    if not checks:
+        return
+    for name, value in arrays.items():
+        if value is None:
+            continue
+        if name == "mask":
+            checkify.check(jnp.all((value == 0) | (value == 1)),
+                           "mask must hold only 0 (not sent) and 1 (sent); build it as "
+                           "(jnp.arange(k) < num_symbols).astype(jnp.float32).")
+            checkify.check(jnp.all(jnp.sum(value, axis=-1) > 0),
+                           "a mask row sends no symbol; every sample needs at least one.")
+        else:
+            checkify.check(jnp.all(jnp.isfinite(value)),
+                           f"{name} contains NaN or ±inf inside jit; pass finite values.")
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _simulate(key, z, snr_db, rician_k, kind, csi, equalizer, return_h):
+def _simulate(key, z, snr_db, rician_k, kind, csi, equalizer, return_h, checks=False):
     """Core of ``simulate``; ``snr_db`` is already aligned to z.shape[:-1] + (1,)."""
+    _checkify_values(checks, z=z, snr_db=snr_db)
     noise_var = noise_variance(snr_db)
     key_h, key_n = jax.random.split(key)
     h = _fading(key_h, z.shape, kind, rician_k, z.dtype)
@@ -299,18 +397,21 @@ def simulate(key, z, snr_db, kind="awgn", csi="perfect", equalizer="zf", rician_
     (e.g. to feed |h| to the receiver).
     """
     _check_options(kind, csi, equalizer, rician_k)
+    _check_key(key)
     z = jnp.asarray(z)
     _check_complex("simulate's symbols z", z,
                    "use real_to_complex(x) to pair reals into symbols, or transmit(x) for "
                    "real feature tensors")
+    _check_values("simulate's symbols z", z, "pass finite symbols")
     snr = _align_snr(snr_db, z.shape[:-1], _real_dtype(z.dtype))
     return _simulate(key, z, snr, rician_k, kind=kind, csi=csi, equalizer=equalizer,
-                     return_h=return_h)
+                     return_h=return_h, checks=_CHECKIFY.get())
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _transmit(key, x, snr, rician_k, mask, kind, csi, equalizer, return_h):
+def _transmit(key, x, snr, rician_k, mask, kind, csi, equalizer, return_h, checks=False):
     """Core of ``transmit`` (inputs validated; ``snr`` is (B, 1), ``mask`` None or (B, k))."""
+    _checkify_values(checks, x=x, mask=mask)
     batch, n = x.shape[0], math.prod(x.shape[1:])
     flat = x.reshape(batch, n).astype(jnp.promote_types(x.dtype, jnp.float32))
     if n % 2:
@@ -342,6 +443,7 @@ def transmit(key, x, snr_db, kind="awgn", csi="perfect", equalizer="zf", rician_
     ``return_h``: also return the fading coefficients, shape (B, k).
     """
     _check_options(kind, csi, equalizer, rician_k)
+    _check_key(key)
     x = jnp.asarray(x)
     if x.ndim < 2:
         raise ValueError(
@@ -354,6 +456,8 @@ def transmit(key, x, snr_db, kind="awgn", csi="perfect", equalizer="zf", rician_
     batch, n = x.shape[0], math.prod(x.shape[1:])
     if n == 0:
         raise ValueError(f"transmit got empty features per sample, shape {x.shape}.")
+    _check_values("transmit's features x", x,
+                  "pass finite features (check the encoder's output and the input images)")
     k = (n + 1) // 2
     rdt = jnp.promote_types(x.dtype, jnp.float32)
     snr = _align_snr(snr_db, (batch,), rdt)
@@ -363,6 +467,81 @@ def transmit(key, x, snr_db, kind="awgn", csi="perfect", equalizer="zf", rician_
             raise ValueError(
                 f"mask of shape {mask.shape} does not match the {k} symbols per sample "
                 f"(k = ceil({n}/2)); use shape ({k},) or ({batch}, {k}).")
+        _check_mask_values(mask)
         mask = jnp.broadcast_to(mask.astype(rdt), (batch, k))
     return _transmit(key, x, snr, rician_k, mask, kind=kind, csi=csi,
-                     equalizer=equalizer, return_h=return_h)
+                     equalizer=equalizer, return_h=return_h, checks=_CHECKIFY.get())
+
+
+def checked(fn):
+    """``fn`` jitted with the channel's value checks compiled in (``checkify``).
+
+    Inside ``jax.jit`` the arrays are tracers, so the host checks of this module cannot see
+    NaN in x or a non-binary mask; under ``checked`` every ``transmit``/``simulate`` that
+    ``fn`` calls adds them as ``checkify.check``s, and a failing one raises
+    ``checkify.JaxRuntimeError`` naming the problem. Pass the plain (not yet jitted)
+    function; it costs one extra reduction per check, so it is opt-in (debugging).
+    """
+    jitted = jax.jit(checkify.checkify(fn))
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        token = _CHECKIFY.set(True)  # Seen while ``jitted`` traces (first call per shape).
+        try:
+            err, out = jitted(*args, **kwargs)
+        finally:
+            _CHECKIFY.reset(token)
+        err.throw()
+        return out
+
+    return run
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelSpec:
+    """The receiver side of the link, one value for training and evaluation alike.
+
+    Hashable, so it can be a static ``jit`` argument. The channel kind and SNR vary per
+    example (the training mix) or per curve point (evaluation); what the receiver does
+    with them (CSI, equaliser, Rician K) must not, or a network is evaluated on inputs it
+    never saw in training: under MMSE an AWGN sample arrives scaled by 1/(1 + sigma^2),
+    x0.5 at 0 dB, which a ZF-trained network has never seen.
+    """
+
+    csi: str = "perfect"
+    equalizer: str = "mmse"
+    rician_k: float = 1.0
+
+    def __post_init__(self):
+        _check_choice("csi mode", self.csi, CSI_MODES)
+        _check_choice("equalizer", self.equalizer, EQUALIZERS)
+        _check_rician_k(self.rician_k)
+        object.__setattr__(self, "rician_k", float(self.rician_k))
+
+    @classmethod
+    def from_config(cls, config) -> "ChannelSpec":
+        """From a config's ``channel`` block (``csi``, ``equalizer``, optional ``rician_k``)."""
+        get = config.get if hasattr(config, "get") else lambda k, d: getattr(config, k, d)
+        return cls(csi=config.csi, equalizer=config.equalizer, rician_k=get("rician_k", 1.0))
+
+    def transmit(self, key, x, snr_db, kind, mask=None, return_h=False):
+        """``transmit`` with this receiver; ``kind="none"`` returns x untouched (no channel)."""
+        if kind == "none":
+            return (x, None) if return_h else x
+        return transmit(key, x, snr_db, kind=kind, csi=self.csi, equalizer=self.equalizer,
+                        rician_k=self.rician_k, mask=mask, return_h=return_h)
+
+    def mixed(self, key, x, snr_db, use_rayleigh, mask=None):
+        """Per example AWGN or Rayleigh block fading (``use_rayleigh`` (B,) bool), the
+        training mix: row b equals ``self.transmit(k, x, snr_db, kind)[b]`` with
+        ``k = split(key)[0]`` for AWGN rows and ``split(key)[1]`` for Rayleigh rows."""
+        use_rayleigh = jnp.asarray(use_rayleigh)
+        batch = jnp.shape(x)[0] if jnp.ndim(x) else None
+        if use_rayleigh.shape != (batch,) or use_rayleigh.dtype != jnp.bool_:
+            raise ValueError(
+                f"use_rayleigh must be a bool array of shape (B,) = ({batch},), one choice per "
+                f"example, got {use_rayleigh.dtype} {use_rayleigh.shape}.")
+        awgn_key, rayleigh_key = jax.random.split(key)
+        awgn = self.transmit(awgn_key, x, snr_db, "awgn", mask=mask)
+        rayleigh = self.transmit(rayleigh_key, x, snr_db, "rayleigh", mask=mask)
+        return jnp.where(use_rayleigh.reshape(-1, *([1] * (jnp.ndim(x) - 1))), rayleigh, awgn)

@@ -57,6 +57,12 @@ class RKDObjective:
             raise ValueError("Loss weights must be >= 0.")
         if self.budgets is not None and (not self.budgets or min(self.budgets) < 1):
             raise ValueError(f"budgets must be positive symbol counts, got {self.budgets}.")
+        self.channel  # Refuses an unknown csi or equalizer now, not at the first step.
+
+    @property
+    def channel(self) -> channels_lib.ChannelSpec:
+        """The receiver of stage 2's training and evaluation alike."""
+        return channels_lib.ChannelSpec(csi=self.csi, equalizer=self.equalizer)
 
 
 def _distillation_losses(objective: RKDObjective, logits, features, teacher_features, teacher_logits, labels):
@@ -96,12 +102,9 @@ def stage1_step(state, batch, teacher_variables, *, objective: RKDObjective, tea
 
 
 def mixed_masked_channel(key, x, mask, snr_db, use_rayleigh, *, csi: str, equalizer: str):
-    """Per-example AWGN or Rayleigh block fading of masked symbol vectors."""
-    awgn_key, rayleigh_key = jax.random.split(key)
-    awgn = channels_lib.transmit(awgn_key, x, snr_db, kind="awgn", mask=mask)
-    rayleigh = channels_lib.transmit(rayleigh_key, x, snr_db, kind="rayleigh", csi=csi, equalizer=equalizer,
-                                     mask=mask)
-    return jnp.where(use_rayleigh[:, None], rayleigh, awgn)
+    """Per-example AWGN or Rayleigh block fading of masked symbol vectors, both rows with the
+    same receiver as ``stage2_eval_step`` (``ChannelSpec.mixed``; AWGN too is equalised)."""
+    return channels_lib.ChannelSpec(csi=csi, equalizer=equalizer).mixed(key, x, snr_db, use_rayleigh, mask=mask)
 
 
 def channel_type_ids(use_rayleigh):
@@ -164,10 +167,10 @@ def stage2_eval_step(state, batch, snr_db, key, *, kind: str, num_symbols: int |
     channel_type = jnp.full((batch_size,), channels_lib.CHANNEL_KINDS.index(kind) if kind != "none" else 0,
                             jnp.int32)
 
+    spec = channels_lib.ChannelSpec(csi=csi, equalizer=equalizer)
+
     def channel_fn(x, mask):
-        if kind == "none":
-            return x
-        return channels_lib.transmit(key, x, snr_db, kind=kind, csi=csi, equalizer=equalizer, mask=mask)
+        return spec.transmit(key, x, snr_db, kind, mask=mask)
 
     logits, _, _ = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, batch["image"],
                                   snr_db, channel_fn, channel_type, num_symbols, train=False)

@@ -14,7 +14,9 @@ the targets come from:
 
 Channel during training: per-example SNR uniform in dB over ``snr_range`` and a
 per-example channel drawn uniformly from ``channels`` (AWGN and/or Rayleigh block fading),
-so one model serves both channels.  Batches hold images in [0, 1]; the model normalises.
+so one model serves both channels.  Both rows and the evaluation channel go through one
+:class:`~rkdsc_jax.channels.ChannelSpec` (``Objective.channel``: csi and equaliser), so
+evaluation sees what training saw.  Batches hold images in [0, 1]; the model normalises.
 """
 
 from __future__ import annotations
@@ -64,14 +66,18 @@ class Objective:
             raise ValueError(f"snr_range must be (low, high) with low <= high, got {self.snr_range}.")
         if self.top_k is not None and not 1 <= self.top_k <= self.num_classes:
             raise ValueError(f"top_k={self.top_k} must be between 1 and the {self.num_classes} classes.")
+        self.channel  # Refuses an unknown csi or equalizer now, not at the first step.
+
+    @property
+    def channel(self) -> channels_lib.ChannelSpec:
+        """The receiver of training and evaluation alike."""
+        return channels_lib.ChannelSpec(csi=self.csi, equalizer=self.equalizer)
 
 
 def mixed_channel(key, x, snr_db, use_rayleigh, *, csi: str = "perfect", equalizer: str = "mmse"):
-    """Per-example AWGN or Rayleigh block fading (``use_rayleigh`` (B,) bool)."""
-    awgn_key, rayleigh_key = jax.random.split(key)
-    awgn = channels_lib.transmit(awgn_key, x, snr_db, kind="awgn")
-    rayleigh = channels_lib.transmit(rayleigh_key, x, snr_db, kind="rayleigh", csi=csi, equalizer=equalizer)
-    return jnp.where(use_rayleigh.reshape(-1, *([1] * (x.ndim - 1))), rayleigh, awgn)
+    """Per-example AWGN or Rayleigh block fading (``use_rayleigh`` (B,) bool), both rows with
+    the same receiver as evaluation (``ChannelSpec.mixed``; AWGN too is equalised)."""
+    return channels_lib.ChannelSpec(csi=csi, equalizer=equalizer).mixed(key, x, snr_db, use_rayleigh)
 
 
 def topk_distribution(logits, *, top_k: int | None, temperature: float):
@@ -147,9 +153,7 @@ def train_step(state, batch, teacher_variables=None, *, objective: Objective,
 
 
 def _eval_channel(key, x, snr_db, kind: str, csi: str, equalizer: str):
-    if kind == "none":
-        return x
-    return channels_lib.transmit(key, x, snr_db, kind=kind, csi=csi, equalizer=equalizer)
+    return channels_lib.ChannelSpec(csi=csi, equalizer=equalizer).transmit(key, x, snr_db, kind)
 
 
 def eval_step(state, batch, snr_db, key, *, kind: str, csi: str = "perfect", equalizer: str = "mmse"):
