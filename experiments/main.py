@@ -8,20 +8,36 @@ Running it again with the same workdir resumes from the last checkpoint.
 
 import logging as py_logging
 import os
+import re
+import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
+from ml_collections.config_flags import config_flags as config_flags_lib
+from ml_collections.config_flags import config_path
 
+from experiments.common import validate as validate_lib
 from rkdsc_jax.train.mesh import configure_host_devices
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
-_COMPILATION_CACHE = flags.DEFINE_string(
-    "compilation_cache", os.environ.get("RKDSC_COMPILATION_CACHE", "~/.cache/rkdsc_jax/xla"),
-    "Directory of JAX's persistent compilation cache ('' turns it off). Reruns, resumed runs and "
-    "other seeds of the same model skip XLA compilation, which dominates short CPU runs.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS, sys_argv=None):
+    """The entry point's flags on ``flag_values`` (a fresh ``FlagValues`` and its ``sys_argv`` parse a
+    command line in-process, as the tests do)."""
+    config = config_flags.DEFINE_config_file("config", None, "Experiment config file.", flag_values=flag_values,
+                                             lock_config=True, sys_argv=sys_argv)
+    workdir = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.",
+                                  flag_values=flag_values)
+    cache = flags.DEFINE_string(
+        "compilation_cache", os.environ.get("RKDSC_COMPILATION_CACHE", "~/.cache/rkdsc_jax/xla"),
+        "Directory of JAX's persistent compilation cache ('' turns it off). Reruns, resumed runs and "
+        "other seeds of the same model skip XLA compilation, which dominates short CPU runs.",
+        flag_values=flag_values)
+    flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
+    return config, workdir, cache
+
+
+_CONFIG, _WORKDIR, _COMPILATION_CACHE = define_flags()
 
 
 def enable_compilation_cache(directory: str) -> None:
@@ -73,16 +89,164 @@ def run_mode(config, workdir: str):
     """Runs ``config.mode`` (also the entry point for tests and notebooks)."""
     import importlib
 
-    if config.mode not in MODES:
-        raise app.UsageError(f"Unknown mode {config.mode!r}; available: {sorted(MODES)}.")
+    validate_lib.validate(config)  # Every field, before any data, work or compilation.
     target = MODES[config.mode]
     module, function = target(config) if callable(target) else target
     return getattr(importlib.import_module(module), function)(config, workdir)
 
 
+class CommandLineError(ValueError):
+    """A command line this entry point refuses, said in one line."""
+
+
+_CONFIG_EXAMPLE = "--config=experiments/configs/rkdsc_fmnist.py"
+
+
+def _config_file(argv) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _override_names(argv) -> list[str]:
+    """The FIELD of every --config.FIELD on the command line, in order, once each."""
+    names = [re.sub(r"^-{1,2}(no)?config\.", "", arg.split("=", 1)[0]) for arg in argv
+             if re.match(r"^-{1,2}(no)?config\.", arg)]
+    return list(dict.fromkeys(names))
+
+
+def _explain_flag_error(error: Exception, argv) -> str:
+    """absl's and ml_collections' flag errors as one line that says what to do."""
+    text = str(error)
+    if "Flag --workdir must have a value" in text:
+        return "--workdir is required: the run's directory, e.g. --workdir=runs/NAME (the same one resumes a run)."
+    if "Flag --config must have a value" in text:
+        return f"--config is required: a config file of experiments/configs/, e.g. {_CONFIG_EXAMPLE}."
+    match = re.match(r"flag --(config\.[\w.]+)=(.*?): (.*)", text, re.S)
+    if match:
+        name, value, reason = match.groups()
+        example = ""
+        try:
+            default = error_flag_default(name)
+            example = f", e.g. --{name}={default}" if default is not None else ""
+        except Exception:  # noqa: BLE001 - only the hint is lost.
+            pass
+        if "as tuple" in reason:
+            return f"--{name}={value}: not a comma-separated list{example or ', e.g. --' + name + '=0,1,2'}."
+        if "for int()" in reason:
+            return f"--{name}={value}: must be an integer{example}."
+        if "to float" in reason:
+            return f"--{name}={value}: must be a number{example}."
+        if "boolean" in reason.lower():
+            return f"--{name}={value}: must be true or false."
+        return f"--{name}={value}: {reason.strip()}"
+    match = re.match(r"flag --config=(.*?): (.*)", text, re.S)
+    if match:  # get_config() of the file raised: its own message is the last line of the trace.
+        lines = [line for line in match.group(2).strip().splitlines() if line.strip()]
+        last = re.sub(r"^\w+Error: ", "", lines[-1].strip()) if lines else "the config file failed"
+        return f"--config={match.group(1)}: {last}"
+    if "is not supported for overriding" in text:
+        field = re.search(r"field (config\.[\w.]+)", text)
+        return (f"--{field.group(1) if field else 'config.FIELD'} cannot be set from the command line (its "
+                "default is None without a type): give it a type in the config file "
+                "(experiments.configs.common.field(None, int)).")
+    return text.splitlines()[0]
+
+
+_FLAG_VALUES_FOR_HINTS: list = [flags.FLAGS]
+
+
+def error_flag_default(name: str):
+    """The default of an override flag, for the example in its error message."""
+    value = _FLAG_VALUES_FOR_HINTS[0][name].default
+    return validate_lib.list_example(value) if isinstance(value, (tuple, list)) else value
+
+
+def _unknown_field(argv, error: Exception) -> str:
+    """ml_collections' KeyError for --config.FIELD that the config does not have, as one line."""
+    text = error.args[0] if error.args else str(error)
+    key = re.search(r"'([A-Za-z_]\w*)'", str(text))
+    key = key.group(1) if key else str(text).splitlines()[0]
+    hint = re.search(r'Did you mean "([^"]+)"', str(text))
+    names = [n for n in _override_names(argv) if key in n.split(".")] or _override_names(argv)[-1:]
+    shown = f"--config.{names[0]}" if names else "--config.FIELD"
+    suggestion = f" (did you mean {hint.group(1)!r}?)" if hint else ""
+    return (f"{shown}: the config ({_config_file(argv)}) has no field {key!r}{suggestion}; the config file "
+            "lists its fields.")
+
+
+def parse_command_line(argv, flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+    """Parses ``argv`` into ``flag_values`` (defined by :func:`define_flags`), types the tuple overrides
+    and validates the config.  Raises :class:`CommandLineError` or ``validate.ConfigError`` with one
+    clear message for every cause it can name; returns the remaining arguments."""
+    path = _config_file(argv)
+    if path is not None:
+        file = path.split(":", 1)[0]
+        if not os.path.isfile(file):
+            raise CommandLineError(f"--config={path}: no such config file ({os.path.abspath(file)}); pass one of "
+                                   f"experiments/configs/, e.g. {_CONFIG_EXAMPLE}.")
+    _FLAG_VALUES_FOR_HINTS[0] = flag_values
+    try:
+        rest = flag_values(argv)
+    except flags.Error as error:
+        raise CommandLineError(_explain_flag_error(error, argv)) from None
+    except (KeyError, AttributeError) as error:  # An override of a field the config lacks.
+        raise CommandLineError(_unknown_field(argv, error)) from None
+    if len(rest) > 1:
+        raise CommandLineError(f"Unexpected arguments {rest[1:]}: every setting is a flag, e.g. "
+                               "--config.train.batch_size=64 (quote a value that holds spaces).")
+    config = flag_values["config"].value
+    _type_tuple_overrides(config, flag_values["config"].config_filename, _override_names(argv))
+    validate_lib.validate(config, source=flag_values["config"].config_filename)
+    return rest
+
+
+def _type_tuple_overrides(config, filename: str, overrides) -> None:
+    """Each tuple override with the element type of the config file's own tuple (ml_collections
+    keeps 'awgn,rician' as one string and -10,0,10 as ints)."""
+    tuples = []
+    for name in overrides:
+        try:
+            value = config_path.get_value(name, config)
+        except (KeyError, AttributeError, IndexError, ValueError):
+            continue
+        if isinstance(value, tuple):
+            tuples.append((name, value))
+    if not tuples:
+        return
+    defaults = config_flags_lib.ConfigFileFlagParser("config", lock_config=False).parse(filename)
+    problems = []
+    for name, value in tuples:
+        try:
+            like = config_path.get_value(name, defaults)
+        except (KeyError, AttributeError, IndexError, ValueError):
+            continue
+        if not isinstance(like, tuple):
+            continue
+        try:
+            typed = validate_lib.coerce_tuple(name, value, like)
+        except validate_lib.ConfigError as error:
+            problems.extend(error.problems)
+            continue
+        if typed != value or any(type(a) is not type(b) for a, b in zip(typed, value)):
+            config_path.set_value(name, config, typed)
+    if problems:
+        raise validate_lib.ConfigError(problems, "the command line")
+
+
+def _parse_or_exit(argv) -> list[str]:
+    """``app.run``'s flags parser: one line on stderr and exit status 1 instead of a traceback."""
+    try:
+        return parse_command_line(argv)
+    except (CommandLineError, validate_lib.ConfigError) as error:
+        sys.stderr.write(f"FATAL: {error}\n")
+        sys.exit(1)
+
+
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(QuietLibraries())
     config = _CONFIG.value
     configure_host_devices(config.mesh.get("host_devices"))
@@ -91,11 +255,9 @@ def main(argv):
         from rkdsc_jax.train import initialize_distributed
 
         initialize_distributed()
-    if config.mode not in MODES:
-        raise app.UsageError(f"Unknown mode {config.mode!r}; available: {sorted(MODES)}.")
     logging.info("JAX %s on %s; %d device(s).", jax.__version__, jax.devices()[0].platform, jax.device_count())
     run_mode(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_or_exit)

@@ -68,7 +68,7 @@ def teacher() -> ml_collections.ConfigDict:
     t.kind = "efficientnet_lite0"
     t.hub_id = field(None, str)
     t.prompt = "a photo of a {}."
-    t.image_size = 32
+    t.image_size = field(32, int)  # None: the teacher's own resolution.
     t.cache_dir = field(None, str)
     t.finetuned_dir = field(None, str)  # Default: the run layout's teacher/teacher.
     t.finetune = ml_collections.ConfigDict()
@@ -117,5 +117,5 @@ def mesh(host_devices: int = 8) -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict()
     m.num_devices = field(None, int)
     m.distributed = False
-    m.host_devices = host_devices
+    m.host_devices = field(host_devices, int)  # None: leave the platform's devices alone.
     return m

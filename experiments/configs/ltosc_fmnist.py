@@ -59,6 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
         "resnet": dict(RESNET_FMNIST),
         "efficientnet": dict(EFFICIENTNET_SMALL_INPUT),
     })
+    config.model.encoders.efficientnet.image_size = field(None, int)  # Typed, so --config... can set it.
     config.model.num_symbols = 16
     config.model.channel_adaptive = True
     config.model.cam_hidden = field(None, int)

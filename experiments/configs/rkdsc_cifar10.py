@@ -17,6 +17,7 @@ CIFAR-10 prepared for TFDS (``tfds build cifar10``, see BUILD.md) and the CLIP c
 import ml_collections
 
 from experiments.configs import darts_cifar10, rkdsc_fmnist
+from experiments.configs.common import field
 
 
 def get_config(dataset: str = "cifar10") -> ml_collections.ConfigDict:
@@ -34,7 +35,7 @@ def get_config(dataset: str = "cifar10") -> ml_collections.ConfigDict:
 
     search = darts_cifar10.get_config("kdl").search  # DARTS's settings: 8 cells, 16 channels, 50 epochs, 2nd order.
     search.enabled = True
-    search.num_train_examples = None  # The whole training set, split 25k / 25k.
+    search.num_train_examples = field(None, int)  # The whole training set, split 25k / 25k.
     search.augment = "crop_flip"
     search.max_skip = 2
     config.search = search
@@ -48,6 +49,7 @@ def get_config(dataset: str = "cifar10") -> ml_collections.ConfigDict:
 
     for stage in (config.stage1, config.stage2):
         stage.batch_size = 256
+        stage.num_steps = None  # rkdsc_fmnist's 300/400 steps would override the 100 epochs.
         stage.num_epochs = 100.0
         stage.warmup_steps = 1000
         stage.weight_decay = 5e-4
