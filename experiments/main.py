@@ -195,6 +195,13 @@ def parse_command_line(argv, flag_values: flags.FlagValues = flags.FLAGS) -> lis
         raise CommandLineError(_explain_flag_error(error, argv)) from None
     except (KeyError, AttributeError) as error:  # An override of a field the config lacks.
         raise CommandLineError(_unknown_field(argv, error)) from None
+    except ValueError as error:  # ml_collections' "Could not parse 'a.1000'": not a field path.
+        match = re.search(r"Could not parse '([^']+)'", str(error))
+        if not match:
+            raise
+        raise CommandLineError(f"--config.{match.group(1)}: not a field path (field names joined by dots; "
+                               "dict keys that are numbers cannot be set from the command line, set the "
+                               "whole dict instead).") from None
     if len(rest) > 1:
         raise CommandLineError(f"Unexpected arguments {rest[1:]}: every setting is a flag, e.g. "
                                "--config.train.batch_size=64 (quote a value that holds spaces).")
