@@ -70,6 +70,42 @@ def remove_temporaries(directory: epath.PathLike) -> list[str]:
     return removed
 
 
+def sha256_file(path: epath.PathLike) -> str:
+    digest = hashlib.sha256()
+    with epath.Path(path).open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _walk(root: epath.Path, prefix: str = ""):
+    """(relative name, path) of every file under ``root`` (``rglob`` is refused on gs://)."""
+    for path in sorted(root.iterdir()):
+        name = f"{prefix}{path.name}"
+        if path.is_dir():
+            yield from _walk(path, name + "/")
+        else:
+            yield name, path
+
+
+def sha256_tree(root: epath.PathLike, skip: frozenset[str] = frozenset()) -> dict[str, str]:
+    """``{relative path: SHA-256 hex}`` of every file under ``root`` whose name is not in ``skip``."""
+    return {name: sha256_file(path) for name, path in _walk(epath.Path(root)) if path.name not in skip}
+
+
+def verify_sha256_tree(root: epath.PathLike, recorded: dict[str, str]) -> str | None:
+    """None when every file of ``recorded`` (from :func:`sha256_tree`) is under ``root`` with its
+    checksum, else what is wrong (the first missing or differing file)."""
+    root = epath.Path(root)
+    for name, expected in sorted(recorded.items()):
+        path = root / name
+        if not path.is_file():
+            return f"file {name} is missing"
+        if sha256_file(path) != expected:
+            return f"file {name} does not match its recorded SHA-256"
+    return None
+
+
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
 

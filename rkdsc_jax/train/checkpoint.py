@@ -17,7 +17,6 @@ warning: its commit marker shows Orbax finished writing it, only its bytes are u
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
@@ -47,41 +46,6 @@ class CheckpointMismatchError(ValueError):
 
 class CheckpointRestoreError(RuntimeError):
     """Orbax or grain failed to restore a checkpoint that passed its checks."""
-
-
-def _sha256(path: epath.Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _walk(root: epath.Path, prefix: str = ""):
-    """(relative name, path) of every file under ``root`` (``rglob`` is refused on gs://)."""
-    for path in sorted(root.iterdir()):
-        name = f"{prefix}{path.name}"
-        if path.is_dir():
-            yield from _walk(path, name + "/")
-        else:
-            yield name, path
-
-
-def file_digests(root: epath.PathLike, skip: frozenset[str] = _UNHASHED) -> dict[str, str]:
-    """``{relative path: sha256 hex}`` of every file under ``root`` (local or ``gs://``)."""
-    return {name: _sha256(path) for name, path in _walk(epath.Path(root)) if path.name not in skip}
-
-
-def verify_digests(root: epath.PathLike, recorded: dict[str, str]) -> str | None:
-    """None when every recorded file under ``root`` is present with its checksum, else why not."""
-    root = epath.Path(root)
-    for name, expected in sorted(recorded.items()):
-        path = root / name
-        if not path.is_file():
-            return f"file {name} is missing"
-        if _sha256(path) != expected:
-            return f"file {name} does not match its recorded SHA-256"
-    return None
 
 
 def _path_str(path) -> str:
@@ -156,7 +120,7 @@ class Checkpointer:
             # Object stores have no rename: Orbax writes the final directory and a marker.
             path = pending[-1] if pending else self.directory / str(step)
             files.atomic_write_json(path / SIDECAR, {"format": SIDECAR_FORMAT, "step": step,
-                                                     "files": file_digests(path)})
+                                                     "files": files.sha256_tree(path, skip=_UNHASHED)})
         except Exception as e:  # noqa: BLE001 - a missing sidecar only costs verification.
             logging.warning("Could not record checksums of checkpoint step %s in %s (%s: %s); it will be "
                             "restored unverified.", step, self.directory, type(e).__name__, e)
@@ -194,7 +158,7 @@ class Checkpointer:
             return "damaged", f"its {SIDECAR} is not valid"
         if not self.verify:
             return "ok", "not verified (verify=False)"
-        why = verify_digests(path, digests)
+        why = files.verify_sha256_tree(path, digests)
         return ("damaged", why) if why else ("ok", "checksums match")
 
     def _scan(self) -> tuple[int | None, list[tuple[int, str]]]:
