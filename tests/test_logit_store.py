@@ -138,11 +138,14 @@ def test_soft_targets_follow_eq6():
     probs, indices = np.array([[0.5, 0.2]]), np.array([[3, 0]])
     np.testing.assert_allclose(ls.dense_soft_targets(probs, indices, 5), want, atol=1e-7)
     np.testing.assert_allclose(ls.soft_targets_numpy(probs, indices, 5), want, atol=1e-7)
-    # Mass above 1 (float16 rounding): the remainder is clipped at 0.
-    clipped = ls.dense_soft_targets(np.array([[0.7, 0.4]]), indices, 5)
-    np.testing.assert_allclose(clipped, [[0.4, 0.0, 0.0, 0.7, 0.0]], atol=1e-7)
+    # Mass above 1 by float16 rounding: the remainder is clipped at 0; far above 1 is refused.
+    clipped = ls.dense_soft_targets(np.array([[0.6, 0.4005]]), indices, 5)
+    np.testing.assert_allclose(clipped, [[0.4005, 0.0, 0.0, 0.6, 0.0]], atol=1e-7)
+    with pytest.raises(ValueError, match="sum to 1.1000 > 1"):
+        ls.dense_soft_targets(np.array([[0.7, 0.4]]), indices, 5)
     # Leading batch dimensions are kept.
-    assert ls.dense_soft_targets(np.zeros((2, 3, 2)), np.zeros((2, 3, 2), int), 5).shape == (2, 3, 5)
+    two = np.broadcast_to(np.arange(2), (2, 3, 2))
+    assert ls.dense_soft_targets(np.zeros((2, 3, 2)), two, 5).shape == (2, 3, 5)
 
 
 def test_store_soft_targets_and_a_smaller_k(built):
@@ -236,7 +239,10 @@ def test_refusals_name_the_problem_and_the_fix(built, tmp_path):
     path.write_bytes(bytes(blob))
     with pytest.raises(ValueError, match="epoch0001-shard0002.npy.*checksum"):
         ls.LogitStore.open(str(copy))
-    ls.LogitStore.open(str(copy), verify_checksums=False)  # Data bytes only: still readable.
+    # Without the checksum the value check still sees the flipped index byte (+256).
+    with pytest.raises(ValueError, match=r"epoch0001-shard0002.npy.*class indices outside \[0, 12\)"):
+        ls.LogitStore.open(str(copy), verify_checksums=False)
+    ls.LogitStore.open(str(copy), verify_checksums=False, check_values=False)  # Data bytes only: readable.
     os.remove(copy / "epoch0000-shard0003.npy")
     with pytest.raises(ValueError, match="epoch0000-shard0003.npy.*missing"):
         ls.LogitStore.open(str(copy))

@@ -52,12 +52,13 @@ def _np_log_density_matrix(x, mu, sigma):
 
 
 def test_reconstruct_topk_hand_case():
-    probs = np.array([[0.5, 0.2], [0.7, 0.4]], np.float16)  # row 2 sums > 1: no remainder
+    # Row 2 sums to 1 + float16 rounding (> 1 by 5e-4): no remainder, not refused.
+    probs = np.array([[0.5, 0.2], [0.6, 0.4005]], np.float16)
     indices = np.array([[3, 0], [1, 4]], np.int16)
     out = losses.reconstruct_topk(probs, indices, num_classes=5)
     assert out.dtype == jnp.float32
     expected = np.array([[0.2, 0.1, 0.1, 0.5, 0.1],
-                         [0.0, 0.7, 0.0, 0.0, 0.4]])
+                         [0.0, 0.6, 0.0, 0.0, 0.4005]])
     np.testing.assert_allclose(out, expected, atol=1e-3)  # float16 storage of 0.7, 0.2 ...
     np.testing.assert_allclose(out[0].sum(), 1.0, atol=1e-6)
 

@@ -68,6 +68,7 @@ from rkdsc_jax.data.pipeline import (
     read_batch,
 )
 from rkdsc_jax.data.sources import DataSource, SubsetSource
+from rkdsc_jax.distill import losses
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -485,7 +486,9 @@ def precompute_logits(
 
 def dense_soft_targets(probs, indices, num_classes: int) -> jax.Array:
     """SPEC eq. 6 on device: the K probabilities at their classes, and
-    ``max(1 − Σ_k probs_k, 0) / (C − K)`` on every other class.  (..., K) → (..., C)."""
+    ``max(1 − Σ_k probs_k, 0) / (C − K)`` on every other class.  (..., K) → (..., C).
+    Concrete inputs are checked first (``losses.check_topk_targets``)."""
+    _check_targets(probs, indices, num_classes)
     probs = jnp.asarray(probs, jnp.float32)
     indices = jnp.asarray(indices, jnp.int32)
     k = probs.shape[-1]
@@ -498,12 +501,46 @@ def dense_soft_targets(probs, indices, num_classes: int) -> jax.Array:
 
 def soft_targets_numpy(probs: np.ndarray, indices: np.ndarray, num_classes: int) -> np.ndarray:
     """:func:`dense_soft_targets` in numpy, for host-side use. (B, K) → (B, C) float32."""
+    _check_targets(probs, indices, num_classes)
     probs = np.asarray(probs, np.float32)
     k = probs.shape[-1]
     remainder = np.maximum(1.0 - probs.sum(-1), 0.0) / max(num_classes - k, 1)
     dense = np.repeat(remainder[:, None].astype(np.float32), num_classes, axis=1)
     np.put_along_axis(dense, np.asarray(indices, np.int64), probs, axis=1)
     return dense
+
+
+def _check_targets(probs, indices, num_classes) -> None:
+    if jnp.shape(probs) != jnp.shape(indices):
+        raise ValueError(f"probs and indices must have the same shape (..., K), got {jnp.shape(probs)} and "
+                         f"{jnp.shape(indices)}; pass lookup()'s probs and indices together.")
+    if not jnp.issubdtype(jnp.result_type(indices), jnp.integer):
+        raise ValueError(f"indices must be integer class indices, got dtype {jnp.result_type(indices)}.")
+    losses.check_topk_targets(probs, indices, num_classes)
+
+
+def _check_records(array: np.ndarray, num_classes: int, top_k: int, where: str, fix: str) -> None:
+    """Every record of one shard: probabilities finite, >= 0, sorted descending and summing to
+    <= 1 (+ float16 rounding); indices in [0, C). Whole-array tests in float32 (numpy's
+    float16 is slow); the first bad record is located only on failure."""
+    probs = np.asarray(array["probs"], np.float32)
+    indices = np.asarray(array["indices"])
+    tests = (
+        ("NaN, inf or negative probabilities", lambda: ~(np.isfinite(probs) & (probs >= 0)).all(-1)),
+        ("probabilities summing to more than 1", lambda: probs.sum(-1) > 1 + losses.topk_sum_tolerance(top_k)),
+        ("probabilities not sorted descending", lambda: (probs[:, 1:] > probs[:, :-1]).any(-1)),
+        (f"class indices outside [0, {num_classes})", lambda: ((indices < 0) | (indices >= num_classes)).any(-1)),
+    )
+    ok = (np.isfinite(probs).all() and probs.min(initial=0.0) >= 0,
+          probs.sum(-1).max(initial=0.0) <= 1 + losses.topk_sum_tolerance(top_k),
+          not (probs[:, 1:] > probs[:, :-1]).any(),
+          indices.min(initial=0) >= 0 and indices.max(initial=0) < num_classes)
+    for passed, (problem, rows) in zip(ok, tests):
+        if not passed:
+            row = int(np.flatnonzero(rows())[0])
+            raise ValueError(
+                f"{where} holds {problem} (record {row}: probs {probs[row][:8].tolist()}, indices "
+                f"{indices[row][:8].tolist()}{' …' if top_k > 8 else ''}): the shard is damaged or was not written by precompute_logits. {fix}")
 
 
 def _check_identity(kind: str, stored: Mapping[str, Any], expected: Mapping[str, Any], keys, directory, fix):
@@ -547,13 +584,19 @@ class LogitStore:
         top_k: int | None = None,
         verify_checksums: bool = True,
         mmap: bool = True,
+        expect_num_classes: int | None = None,
+        check_values: bool = True,
     ) -> "LogitStore":
         """Opens the store in ``directory`` after checking it is the one wanted.
 
         ``expect_teacher``: e.g. ``teacher.identity()`` (name and params_sha256 compared);
         ``expect_dataset``: e.g. ``dataset_identity(source)`` (its keys among
-        DATASET_FIELDS compared).  Shards are memory-mapped (``mmap``) and, with
-        ``verify_checksums``, their sha256 checked first.
+        DATASET_FIELDS compared); ``expect_num_classes``: the student's number of classes
+        (a store of a teacher with other classes is refused: its indices would be dropped).
+        Shards are memory-mapped (``mmap``) and, with ``verify_checksums``, their sha256
+        checked first; with ``check_values`` every record's probabilities and indices are
+        checked (finite, >= 0, sorted, summing to <= 1, indices < C): about the cost of the
+        checksum, and it catches damage whose checksum was rewritten or not verified.
         """
         directory = epath.Path(directory)
         path = directory / MANIFEST
@@ -571,6 +614,12 @@ class LogitStore:
             raise ValueError(
                 f"The logit store at {directory} has format_version={manifest.format_version}; this code "
                 f"reads version {FORMAT_VERSION}. Rerun precompute_logits into a new directory.")
+        if expect_num_classes is not None and manifest.num_classes != expect_num_classes:
+            raise ValueError(
+                f"The logit store at {directory} was written by a teacher with {manifest.num_classes} classes; "
+                f"this student has {expect_num_classes} classes. Use the store of a teacher fine-tuned on this "
+                f"dataset (rerun precompute_logits into a new directory), or give the student "
+                f"{manifest.num_classes} classes.")
         if expect_teacher is not None:
             _check_identity("teacher", manifest.teacher, expect_teacher, ("name", "params_sha256"), directory,
                             "Rerun precompute_logits for this teacher (into a new directory), or open the "
@@ -590,10 +639,10 @@ class LogitStore:
                 f"The manifest of {directory} lists {len(manifest.shards)} shards, expected "
                 f"{manifest.num_epochs * manifest.shards_per_epoch}; rerun precompute_logits to finish the store.")
         store = cls(directory, manifest, top_k, mmap)
-        store._load(verify_checksums)
+        store._load(verify_checksums, check_values)
         return store
 
-    def _load(self, verify_checksums: bool) -> None:
+    def _load(self, verify_checksums: bool, check_values: bool = False) -> None:
         m = self.manifest
         per_epoch, s = m.shards_per_epoch, m.shard_size
         arrays: list[np.ndarray | None] = [None] * (m.num_epochs * per_epoch)
@@ -626,6 +675,9 @@ class LogitStore:
                 raise ValueError(
                     f"Shard {info.file} of the logit store at {self.directory} holds {array.dtype} "
                     f"{array.shape}, expected {self._dtype} ({info.stop - info.start},). {rerun}")
+            if check_values:
+                _check_records(array, m.num_classes, m.top_k,
+                               f"Shard {info.file} of the logit store at {self.directory}", rerun)
             arrays[info.epoch * per_epoch + j] = array
         if any(a is None for a in arrays):
             raise ValueError(f"The manifest of {self.directory} does not cover every shard. {rerun}")

@@ -116,6 +116,58 @@ def _check_logits_targets(logits_name, logits, targets_name, targets):
 # ------------------------------------------------------------------- FDM reconstruction
 
 
+def topk_sum_tolerance(top_k: int) -> float:
+    """How far above 1 the stored top-K mass may be: float16 rounding of K values."""
+    return 1e-3 + top_k * 2.0**-11
+
+
+def check_topk_targets(probs, indices, num_classes: int, where: str = "the top-K targets") -> None:
+    """Host-side checks of stored top-K targets (skipped for tracers): class indices in
+    [0, C) and distinct per row, probabilities finite, >= 0 and summing to <= 1 (+ float16
+    rounding). Out-of-range indices mean a teacher with more classes than the student:
+    ``reconstruct_topk`` would silently drop them."""
+    if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive Python int, got {num_classes!r}.")
+    k = jnp.shape(probs)[-1] if jnp.ndim(probs) else 0
+    if k < 1:
+        raise ValueError(f"{where}: top-K size K = {k}; store at least one probability per example (K >= 1).")
+    if k > num_classes:
+        raise ValueError(
+            f"{where}: top-K size K = {k} exceeds num_classes C = {num_classes}; K must be <= C "
+            f"(check that num_classes matches the store).")
+    p, i = _concrete(probs), _concrete(indices)
+    if i is not None:
+        i = i.reshape(-1, k).astype(np.int64)
+        bad = (i < 0) | (i >= num_classes)
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            raise ValueError(
+                f"{where}: class index {int(i[bad][0])} (row {row}) is outside [0, {num_classes}): the "
+                f"targets come from a teacher with more classes (max index {int(i.max())}) than this "
+                f"student's {num_classes}. Use the store of this dataset's teacher, or set num_classes "
+                f"to the teacher's.")
+        ordered = np.sort(i, axis=-1)
+        dup = np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(-1))
+        if dup.size:
+            raise ValueError(
+                f"{where}: row {int(dup[0])} repeats a class index ({i[dup[0]].tolist()}); top-K indices "
+                f"are distinct, so the targets are damaged. Recompute them (precompute_logits).")
+    if p is not None:
+        p = p.reshape(-1, k).astype(np.float64)
+        if not np.isfinite(p).all() or (p < 0).any():
+            row = int(np.argwhere(~(np.isfinite(p) & (p >= 0)))[0][0])
+            raise ValueError(
+                f"{where}: probabilities must be finite and >= 0, row {row} holds {p[row].tolist()}; "
+                f"the targets are damaged. Recompute them (precompute_logits).")
+        total = p.sum(-1)
+        over = np.flatnonzero(total > 1 + topk_sum_tolerance(k))
+        if over.size:
+            raise ValueError(
+                f"{where}: the top-{k} probabilities of row {int(over[0])} sum to "
+                f"{total[over[0]]:.4f} > 1; they are not softmax probabilities (logits, or "
+                f"damaged values). Store softmax(logits / T) (precompute_logits does).")
+
+
 def reconstruct_topk(probs: Array, indices: Array, num_classes: int) -> Array:
     """Dense distribution from stored top-K probabilities (SPEC §3.2, eq. 6 of B).
 
@@ -136,13 +188,8 @@ def reconstruct_topk(probs: Array, indices: Array, num_classes: int) -> Array:
         raise ValueError(
             f"indices must be integers, got dtype {jnp.asarray(indices).dtype}; "
             f"pass the stored class indices (e.g. int16/int32).")
-    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive Python int, got {num_classes!r}.")
+    check_topk_targets(probs, indices, num_classes)
     k = probs_shape[-1]
-    if k > num_classes:
-        raise ValueError(
-            f"top-K size K = {k} exceeds num_classes C = {num_classes}; K must be <= C "
-            f"(check that num_classes matches the store).")
     probs = jnp.asarray(probs).astype(jnp.float32)
     indices = jnp.asarray(indices).astype(jnp.int32)
     lead = probs_shape[:-1]
