@@ -50,8 +50,8 @@ class AugmentConfig:
     def __post_init__(self):
         if self.policy not in AUGMENT_POLICIES:
             raise ValueError(f"Unknown augmentation policy {self.policy!r}; use one of {AUGMENT_POLICIES}.")
-        if self.crop_padding < 0:
-            raise ValueError(f"crop_padding must be >= 0, got {self.crop_padding}.")
+        if not _int(self.crop_padding) or self.crop_padding < 0:
+            raise ValueError(f"crop_padding must be an int >= 0 (pixels), got {self.crop_padding!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,13 +71,20 @@ class PreprocessConfig:
             raise ValueError(
                 f"Unknown normalization {self.normalization!r}; use one of {sorted(NORMALIZATIONS)}."
             )
-        if self.channels not in (None, 1, 3):
-            raise ValueError(f"channels must be None, 1 or 3, got {self.channels}.")
+        if self.channels not in (None, 1, 3) or isinstance(self.channels, bool):
+            raise ValueError(f"channels must be None, 1 or 3, got {self.channels!r}.")
+        if self.image_size is not None and (not _int(self.image_size) or self.image_size < 1):
+            raise ValueError(f"image_size must be None (keep the stored size) or an int >= 1 (pixels), "
+                             f"got {self.image_size!r}.")
 
     def output_shape(self, image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
         h, w, c = image_shape
         size = (self.image_size, self.image_size) if self.image_size else (h, w)
         return (*size, self.channels or c)
+
+
+def _int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -114,6 +121,13 @@ def _augment_params(aug_seeds: np.ndarray, config: AugmentConfig) -> tuple[np.nd
 
 def augment_batch(images: np.ndarray, aug_seeds: np.ndarray, config: AugmentConfig) -> np.ndarray:
     """Applies ``config`` to uint8 images (B, H, W, C); row b depends only on (image b, seed b)."""
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise ValueError(f"augment_batch expects images (B, H, W, C), got shape {images.shape}; "
+                         f"use augment() for one image.")
+    if np.shape(aug_seeds) != images.shape[:1]:
+        raise ValueError(f"augment_batch needs one seed per image, shape ({images.shape[0]},), got "
+                         f"{np.shape(aug_seeds)}.")
     if config.policy == "none":
         return images
     dy, dx, flip = _augment_params(aug_seeds, config)
@@ -134,6 +148,20 @@ def augment(image: np.ndarray, aug_seed: int, config: AugmentConfig) -> np.ndarr
 
 def preprocess(images: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     """uint8 (..., H, W, C) → float32 (..., H', W', C'): resized, channel-mapped, normalised."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise ValueError(f"preprocess expects uint8 images in 0..255, got {images.dtype}; it scales by 1/255 "
+                         f"itself (pass the source's images, not already scaled ones).")
+    if images.ndim < 3:
+        raise ValueError(f"preprocess expects images (..., H, W, C), got shape {images.shape}; add the channel "
+                         f"axis (image[..., None]).")
+    out_channels = config.channels or images.shape[-1]
+    stats = len(NORMALIZATIONS[config.normalization][0])
+    if stats not in (1, out_channels):
+        raise ValueError(
+            f"normalization {config.normalization!r} has {stats} channel statistics, the images "
+            f"{out_channels} channels; set channels={stats} (--config.data.channels={stats}) or use a "
+            f"normalization for {out_channels}-channel images.")
     if config.image_size and images.shape[-3:-1] != (config.image_size, config.image_size):
         size = (config.image_size, config.image_size)
         flat = images.reshape(-1, *images.shape[-3:])
@@ -153,6 +181,8 @@ def preprocess(images: np.ndarray, config: PreprocessConfig) -> np.ndarray:
 
 
 def check_sharding(batch_size: int, process_index: int, process_count: int) -> int:
+    if not _int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
     if batch_size % process_count:
@@ -223,6 +253,14 @@ class _TrainBatch:
         }
 
 
+def check_stream(num_steps, seed) -> None:
+    """A training stream needs num_steps >= 0 and a seed >= 0 (numpy seeds are unsigned)."""
+    if not _int(num_steps) or num_steps < 0:
+        raise ValueError(f"num_steps must be an int >= 0, got {num_steps!r}.")
+    if not _int(seed) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}.")
+
+
 def maybe_prefetch(dataset: grain.IterDataset, worker_count: int) -> grain.IterDataset:
     if worker_count > 0:
         return dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
@@ -250,6 +288,7 @@ def train_iterator(
     local_batch = check_sharding(batch_size, process_index, process_count)
     if len(source) < 1:
         raise ValueError(f"The training source {source!r} is empty.")
+    check_stream(num_steps, seed)
     make_batch = _TrainBatch(
         source=source,
         permutations=EpochPermutations(len(source), seed, shuffle),
@@ -299,6 +338,9 @@ def eval_batches(
     are exact and every process runs the same number of steps.
     """
     local_batch = check_sharding(batch_size, process_index, process_count)
+    if len(source) < 1:
+        raise ValueError(f"The evaluation source {source!r} is empty; evaluate on at least one example "
+                         f"(check num_eval_examples).")
     num_batches = math.ceil(len(source) / batch_size)
     make_batch = _EvalBatch(source, batch_size, local_batch, process_index, preprocess_config)
     dataset = grain.MapDataset.range(num_batches).map(make_batch).to_iter_dataset()

@@ -9,7 +9,9 @@ index, the epoch and the augmentation seed to each record.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import gzip
+import math
 import os
 import struct
 from typing import Any, Protocol, Sequence
@@ -60,6 +62,15 @@ class ArraySource:
             raise ValueError(
                 f"labels must have shape ({images.shape[0]},) to match images, got {labels.shape}."
             )
+        labels = np.asarray(labels)
+        if labels.size and (not np.issubdtype(labels.dtype, np.number) or np.iscomplexobj(labels)
+                            or not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels))):
+            raise ValueError(f"labels must be integer class indices, got {labels.dtype} values such as "
+                             f"{labels[:4].tolist()}.")
+        bad = labels[(labels < 0) | (labels >= info.num_classes)] if labels.size else labels
+        if bad.size:
+            raise ValueError(f"labels must lie in [0, num_classes={info.num_classes}), got {bad[:4].tolist()}; "
+                             f"fix the labels or the DatasetInfo's num_classes.")
         self.images = images
         self.labels = labels.astype(np.int32)
         self.info = info
@@ -131,6 +142,13 @@ def synthetic(
 
     Templates depend only on ``seed`` (shared by all splits); the noise depends on the split.
     """
+    if not _positive_int(num_examples) or not _positive_int(num_classes):
+        raise ValueError(f"synthetic needs num_examples >= 1 and num_classes >= 1 (ints), got "
+                         f"num_examples={num_examples!r}, num_classes={num_classes!r}.")
+    if len(tuple(image_shape)) != 3 or not all(_positive_int(d) for d in image_shape):
+        raise ValueError(f"synthetic needs image_shape (H, W, C) of positive ints, got {tuple(image_shape)}.")
+    if not (math.isfinite(noise) and noise >= 0):
+        raise ValueError(f"synthetic needs a finite noise >= 0 (pixel std), got {noise!r}.")
     templates = np.random.default_rng(seed).uniform(0, 255, (num_classes, *image_shape))
     split_seed = {"train": 1, "validation": 2, "test": 3}.get(split, 4)
     rng = np.random.default_rng([seed, split_seed])
@@ -294,10 +312,20 @@ def read_batch(source: DataSource, indices: np.ndarray) -> dict[str, np.ndarray]
     }
 
 
+def _positive_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
 class SubsetSource:
     """A view of ``source`` restricted to ``indices`` (used for train/validation splits)."""
 
     def __init__(self, source: DataSource, indices: np.ndarray, split: str):
+        indices = np.asarray(indices)
+        if indices.ndim != 1 or (indices.size and not np.issubdtype(indices.dtype, np.integer)):
+            raise ValueError(f"SubsetSource needs a 1-D array of integer indices, got {indices.dtype} {indices.shape}.")
+        if indices.size and (indices.min() < 0 or indices.max() >= len(source)):
+            raise IndexError(f"SubsetSource indices must lie in [0, {len(source)}) for {source!r}, got "
+                             f"[{indices.min()}, {indices.max()}].")
         self._source = source
         self.parent = source
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -339,9 +367,18 @@ def split_train_validation(
 
 def take(source: DataSource, num_examples: int | None) -> DataSource:
     """The first ``num_examples`` of ``source`` (all of it when None); for quick runs."""
-    if num_examples is None or num_examples >= len(source):
+    if num_examples is None:
+        return source
+    if not _positive_int(num_examples) or num_examples > len(source):
+        raise ValueError(
+            f"num_examples={num_examples!r}: {source!r} has {len(source)} examples; ask for an int in "
+            f"[1, {len(source)}] (e.g. --config.data.num_train_examples), or None for all of them.")
+    if num_examples == len(source):
         return source
     return SubsetSource(source, np.arange(num_examples), source.info.split)
+
+
+LOCAL_SOURCES = ("fashion_mnist", "synthetic", "image_folder", "tiny_imagenet")
 
 
 def get_source(name: str, split: str, data_dir: str | None = None, **kwargs) -> DataSource:
@@ -350,6 +387,16 @@ def get_source(name: str, split: str, data_dir: str | None = None, **kwargs) -> 
 
     Any other name is taken as a TFDS dataset name (``cifar10``, ``imagenet2012``, ...).
     """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"dataset name must be a non-empty string, got {name!r}; use one of {LOCAL_SOURCES} "
+                         f"or a TFDS name.")
+    close = difflib.get_close_matches(name, LOCAL_SOURCES, n=1, cutoff=0.75)
+    if name not in LOCAL_SOURCES and close:  # A typo of a local name, not a TFDS dataset.
+        raise ValueError(f"unknown dataset {name!r}; did you mean {close[0]!r}? The local sources are "
+                         f"{LOCAL_SOURCES}; other names are TFDS datasets (tfds:NAME).")
+    if name in ("fashion_mnist", "image_folder", "tiny_imagenet") and kwargs:
+        raise ValueError(f"dataset {name!r} takes no options {sorted(kwargs)}; resize with "
+                         f"--config.data.image_size instead (resize_to is for TFDS images of varying size).")
     if name == "fashion_mnist":
         return fashion_mnist(split, data_dir)
     if name in ("image_folder", "tiny_imagenet"):
