@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from rkdsc_jax import files
+from rkdsc_jax import files, genotype_data
 from rkdsc_jax.nas.ops import PRIMITIVES
 from rkdsc_jax.nas.search_space import CELL_TYPES, check_alpha, edge_index
 
@@ -36,8 +37,13 @@ class Genotype:
 
     def __post_init__(self):
         for cell_type in CELL_TYPES:
-            gene = tuple((str(op), int(j)) for op, j in getattr(self, cell_type))
-            concat = tuple(int(c) for c in getattr(self, f"{cell_type}_concat"))
+            gene = tuple((_op_name(cell_type, k, op), _index(f"{cell_type!r} edge {k}'s input", j))
+                         for k, (op, j) in enumerate(_pairs(cell_type, getattr(self, cell_type))))
+            concat = getattr(self, f"{cell_type}_concat")
+            if isinstance(concat, (str, bytes)) or not isinstance(concat, (Sequence, np.ndarray)):
+                raise ValueError(f"Genotype {cell_type}_concat must be a list of state indices such as "
+                                 f"[2, 3, 4, 5], got {concat!r}.")
+            concat = tuple(_index(f"{cell_type}_concat entry", c) for c in concat)
             object.__setattr__(self, cell_type, gene)
             object.__setattr__(self, f"{cell_type}_concat", concat)
             _validate(cell_type, gene, concat)
@@ -59,18 +65,44 @@ class Genotype:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Genotype":
+        if not isinstance(d, Mapping):
+            raise ValueError(f"A genotype is one JSON object with normal, normal_concat, reduce and reduce_concat; "
+                             f"got a {type(d).__name__}.")
         missing = [k for k in ("normal", "normal_concat", "reduce", "reduce_concat") if k not in d]
         if missing:
             raise ValueError(
                 f"Genotype JSON lacks {missing}; it needs normal, normal_concat, reduce and reduce_concat "
                 "in DARTS form, e.g. {\"normal\": [[\"sep_conv_3x3\", 0], ...], \"normal_concat\": [2, 3, 4, 5], ...}.")
         for cell_type in CELL_TYPES:
-            for pair in d[cell_type]:
-                if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
-                    raise ValueError(f"Genotype {cell_type!r} entry {pair!r} is not an [op, input_index] pair.")
+            _pairs(cell_type, d[cell_type])
         meta = {k: v for k, v in d.items() if k not in ("normal", "normal_concat", "reduce", "reduce_concat")}
-        return cls(tuple(map(tuple, d["normal"])), tuple(d["normal_concat"]),
-                   tuple(map(tuple, d["reduce"])), tuple(d["reduce_concat"]), meta)
+        return cls(tuple(map(tuple, d["normal"])), d["normal_concat"], tuple(map(tuple, d["reduce"])),
+                   d["reduce_concat"], meta)
+
+
+def _pairs(cell_type: str, gene) -> tuple:
+    if isinstance(gene, (str, bytes)) or not isinstance(gene, Sequence):
+        raise ValueError(f"Genotype {cell_type!r} must be a list of [op, input_index] pairs, got {gene!r}.")
+    for pair in gene:
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+            raise ValueError(f"Genotype {cell_type!r} entry {pair!r} is not an [op, input_index] pair.")
+    return tuple(gene)
+
+
+def _op_name(cell_type: str, k: int, op) -> str:
+    if not isinstance(op, str):
+        raise ValueError(f"Genotype {cell_type!r} edge {k} names its op {op!r}, not a string; the op names "
+                         f"are {list(PRIMITIVES)}.")
+    return op
+
+
+def _index(what: str, value) -> int:
+    """A state index: an int (JSON numbers like 2.0 too), never a bool, 1.5 or "2"."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or value != int(value):
+        raise ValueError(f"Genotype {what} is {value!r}; state indices are ints (0 and 1: the cell's inputs, "
+                         f"k >= 2: intermediate node k).")
+    return int(value)
 
 
 def _validate(cell_type: str, gene: Gene, concat: tuple[int, ...]) -> None:
@@ -91,9 +123,18 @@ def _validate(cell_type: str, gene: Gene, concat: tuple[int, ...]) -> None:
     bad = [c for c in concat if not 0 <= c < steps + 2]
     if not concat or bad:
         raise ValueError(f"Genotype {cell_type}_concat {list(concat)} must list states in 0..{steps + 1}.")
+    if len(set(concat)) != len(concat):
+        raise ValueError(f"Genotype {cell_type}_concat {list(concat)} lists a state twice; list each "
+                         f"concatenated node once (DARTS: {list(range(2, steps + 2))}).")
 
 
 def load(path: str) -> Genotype:
+    """A genotype JSON file, or a published genotype by name (``genotype_data.NAMES``)."""
+    if path in genotype_data.NAMES:
+        return Genotype.from_dict(genotype_data.as_dict(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No genotype file {path!r}; pass a genotype JSON in DARTS form or one of the "
+                                f"published genotypes {list(genotype_data.NAMES)}.")
     with open(path, encoding="utf-8") as f:
         try:
             d = json.load(f)
