@@ -13,10 +13,13 @@ batch of test images, and measures batch-1 latency of both halves (``latency.jso
 
 from __future__ import annotations
 
+import copy
+import inspect
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 from etils import epath
@@ -24,6 +27,7 @@ from etils import epath
 from experiments.common import inputs, results
 from experiments.common.layout import RunLayout
 from rkdsc_jax import data, deploy, files, train
+from rkdsc_jax.train import workdir as workdir_lib
 
 
 def _reference_logits(spec: deploy.SystemSpec, variables, images, snr_db: float):
@@ -38,10 +42,15 @@ def _reference_logits(spec: deploy.SystemSpec, variables, images, snr_db: float)
 
 
 def write_export(spec: deploy.SystemSpec, variables, directory: epath.PathLike, *, images, metadata: dict,
-                 overwrite: bool = False, latency_repeats: int = 100, snr_db: float = 10.0) -> dict:
+                 overwrite: bool = False, latency_repeats: int = 100, snr_db: float = 10.0,
+                 run_config: dict | None = None) -> dict:
     """Exports, reloads, checks predictions against the training model on ``images`` and times it."""
     variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}}
-    deploy.export(directory, spec, variables, metadata=metadata, overwrite=overwrite)
+    if run_config is not None and "run_config" in inspect.signature(deploy.export).parameters:
+        deploy.export(directory, spec, variables, metadata=metadata, overwrite=overwrite, run_config=run_config)
+    else:
+        metadata = dict(metadata) | ({"run_config": run_config} if run_config is not None else {})
+        deploy.export(directory, spec, variables, metadata=metadata, overwrite=overwrite)
     transmitter, receiver = deploy.load_transmitter(directory), deploy.load_receiver(directory)
     sent = transmitter.transmit(images, snr_db, "awgn")
     logits = receiver.receive(sent.symbols, sent.mask, snr_db, "awgn")
@@ -91,28 +100,81 @@ def report_section(config, workdir: epath.PathLike) -> tuple[dict | None, list[s
         "Load each half with `rkdsc_jax.deploy.load_transmitter` / `load_receiver`.", ""]
 
 
+def _exported_from(directory: epath.Path) -> str | None:
+    spec = files.read_json(directory / "spec.json") or {}
+    return (spec.get("metadata") or {}).get("run_fingerprint")
+
+
+def _run_dir(config, workdir) -> epath.Path:
+    return RunLayout.from_config(config, workdir).run(config.export.method, export_seed(config))
+
+
 def exported(config, workdir: epath.PathLike) -> bool:
-    return (export_directory(config, workdir) / "latency.json").exists()
+    """Whether the export exists, finished its check, and was made from the run now in its run directory."""
+    directory = export_directory(config, workdir)
+    if not (directory / "latency.json").exists():
+        return False
+    return _exported_from(directory) == workdir_lib.artifact_fingerprint(_run_dir(config, workdir))
 
 
-def export_run(config, workdir: epath.PathLike, spec_of: Callable[[dict], deploy.SystemSpec], eval_source) -> dict:
-    """Exports the finished run of ``config.export.method`` / seed; ``spec_of(run summary)`` is its system."""
+def _tuples(value):
+    """config.json's lists back to the tuples the configs hold."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def run_config(config, run_dir: epath.PathLike) -> ml_collections.ConfigDict:
+    """The config a run was trained with (its ``config.json``), with this invocation's machine-only
+    fields (mesh, data location, workers, export) — what the export and its check need here."""
+    recorded = files.read_json(epath.Path(run_dir) / "config.json")
+    if recorded is None:
+        raise FileNotFoundError(f"{run_dir} has no config.json, so its system cannot be rebuilt as it was trained; "
+                                "export a run trained by this code (rerun its training to record it).")
+    child = ml_collections.ConfigDict(_tuples(recorded))
+    with child.unlocked():
+        for section in ("mesh", "export"):
+            if section in config:
+                child[section] = copy.deepcopy(config[section])
+        for key in ("data_dir", "worker_count"):
+            if key in config.data:
+                child.data[key] = config.data[key]
+        if "teacher" in config and "cache_dir" in config.teacher:
+            child.teacher.cache_dir = config.teacher.cache_dir
+    return child
+
+
+def export_run(config, workdir: epath.PathLike,
+               build: Callable[[ml_collections.ConfigDict], tuple[Callable[[dict], deploy.SystemSpec], object]]) -> dict:
+    """Exports the finished run of ``config.export.method`` / seed.  ``build(run config)`` gives
+    ``(spec_of(run summary), eval source)`` from the config the run itself recorded (not the
+    current flags), and that config travels with the export."""
     e = config.export
     seed = export_seed(config)
-    run_dir = RunLayout.from_config(config, workdir).run(e.method, seed)
+    run_dir = _run_dir(config, workdir)
     summary = results.read_json(run_dir / "summary.json")
     if summary is None:
         raise FileNotFoundError(f"No finished run in {run_dir} (its summary.json is missing): train {e.method} with "
                                 f"seed {seed} in {workdir} first, or pick --config.export.method/seed of a finished "
                                 "run.")
+    trained = run_config(config, run_dir)
+    spec_of, eval_source = build(trained)
     variables = train.Checkpointer(run_dir / "checkpoints").restore_variables()
     directory = export_directory(config, workdir)
-    # An export without its check (killed before latency.json) is redone, not refused.
+    fingerprint = workdir_lib.artifact_fingerprint(run_dir)
+    # An export without its check (killed before latency.json) is redone, not refused; one of a run
+    # since retrained is moved aside (nothing deleted) and redone.
     overwrite = e.overwrite or not (directory / "latency.json").exists()
+    if not overwrite and _exported_from(directory) != fingerprint:
+        workdir_lib.move_aside(directory, f"exported from another run of {run_dir}")
     batch = next(iter(data.eval_batches(eval_source, batch_size=64,
-                                        preprocess_config=inputs.preprocess(config, normalize=False))))
+                                        preprocess_config=inputs.preprocess(trained, normalize=False))))
     images = np.asarray(batch["image"])[np.asarray(batch["mask"]) > 0]
-    metadata = {"method": e.method, "seed": seed, "run_dir": str(files.absolute(run_dir)), "dataset": config.data.name,
-                "curves": summary.get("curves"), "steps": summary.get("steps")}
+    metadata = {"method": e.method, "seed": seed, "run_dir": str(files.absolute(run_dir)),
+                "dataset": trained.data.name, "curves": summary.get("curves"), "steps": summary.get("steps"),
+                "run_fingerprint": fingerprint}
     return write_export(spec_of(summary), jax.device_get(variables), directory, images=images, metadata=metadata,
-                        overwrite=overwrite, latency_repeats=e.latency_repeats)
+                        overwrite=overwrite, latency_repeats=e.latency_repeats,
+                        run_config=files.read_json(run_dir / "config.json"))

@@ -90,3 +90,21 @@ def eval_batches(source_, batch_size: int, preprocess_config: data.PreprocessCon
 def steps(stage, num_examples: int) -> int:
     """A config section's run length (``num_steps``, else ``num_epochs`` of ``batch_size``)."""
     return train.steps_from_epochs(num_examples, stage.batch_size, stage.get("num_epochs"), stage.get("num_steps"))
+
+
+def tuple_field(config, name: str, kind=None) -> tuple:
+    """``config.<name>`` as a tuple, refused when it is a plain string or holds other than ``kind``
+    values (``--config.pipeline.seeds=0,1,2`` and ``'(0, 1, 2)'`` both give a tuple of ints)."""
+    value = config
+    for part in name.split("."):
+        value = value[part]
+    if isinstance(value, str) or not isinstance(value, (tuple, list)):
+        raise ValueError(f"config.{name} must be a tuple, got {value!r}; pass e.g. --config.{name}=0,1,2 or "
+                         f"--config.{name}='(0, 1, 2)'.")
+    if kind is not None:
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        bad = [v for v in value if isinstance(v, bool) or not isinstance(v, kinds)]
+        if bad:
+            names = " or ".join(k.__name__ for k in kinds)
+            raise ValueError(f"config.{name} must hold {names} values, got {bad[0]!r} in {tuple(value)!r}.")
+    return tuple(value)

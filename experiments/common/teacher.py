@@ -29,8 +29,27 @@ from etils import epath
 from experiments.common import inputs, results
 from experiments.common.layout import RunLayout
 from rkdsc_jax import data, teachers, train
+from rkdsc_jax.train import workdir as workdir_lib
 
 TEACHER_KINDS = ("efficientnet_lite0", "clip", "vit")
+
+
+def teacher_identity(config) -> dict:
+    """The fine-tuning run's identity: the seed, the data and the teacher's own fields (not the
+    training subset of the students, nor any later stage's fields)."""
+    return results.run_identity(config, only=("seed", "data", "teacher"),
+                                exclude=("data.num_train_examples", "data.subset", "data.subset_seed"))
+
+
+def teacher_input(config, layout: RunLayout) -> str | None:
+    """The fingerprint of the teacher a stage consumes: its fine-tuning run's (or a classifier
+    teacher's run's) ``run.json``; None for a pretrained teacher (its config fields identify it)."""
+    kind = config.teacher.get("kind")
+    if kind == "classifier":
+        return workdir_lib.artifact_fingerprint(config.teacher.workdir)
+    if kind not in TEACHER_KINDS or not config.teacher.finetune.enabled:
+        return None
+    return workdir_lib.artifact_fingerprint(layout.teacher.parent)
 
 
 def _with_image_size(teacher: teachers.Teacher, image_size) -> teachers.Teacher:
@@ -90,6 +109,11 @@ def finetune_teacher(teacher: teachers.Teacher, train_iter, *, class_names: Sequ
     ``workdir/checkpoints`` (a rerun resumes), the weights to ``save_to`` (see
     ``teachers.load_finetuned_teacher``); the returned teacher carries the fitted head.
     """
+    for name, value in (("learning_rate", learning_rate), ("head_learning_rate", head_learning_rate),
+                        ("weight_decay", weight_decay)):
+        if not np.isfinite(value) or value < 0:
+            raise ValueError(f"teacher.finetune.{name} must be a finite number >= 0, got {value!r}; pass e.g. "
+                             f"--config.teacher.finetune.{name}=1e-3.")
     mesh = mesh or train.make_mesh()
     network = teacher.variables["params"]
     frozen = {k: v for k, v in teacher.variables.items() if k != "params"}
@@ -139,8 +163,8 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
     and ``teacher/teacher/`` (Orbax weights + teacher.json), where every stage reads it."""
     start = time.perf_counter()
     layout = RunLayout.from_config(config, workdir)
-    run_dir = layout.teacher_run
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir, _ = results.start_run(config, layout.teacher_run, "Fine-tune the teacher",
+                                   identity=teacher_identity(config))
     mesh = train.make_mesh(config.mesh.num_devices)
     tune = config.teacher.finetune
     source = inputs.source(config, config.data.train_split, tune.get("num_train_examples"))

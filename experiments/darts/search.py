@@ -169,9 +169,16 @@ class AlphaSnapshots:
         return self.val
 
 
+def search_identity(config, workdir: str) -> dict:
+    """The search's fields and the teacher it distils from (none for plain DARTS)."""
+    uses_teacher = bool(config.search.lam) and config.teacher.kind != "none"
+    teacher = teacher_lib.teacher_input(config, RunLayout.from_config(config, workdir)) if uses_teacher else None
+    return results.run_identity(config, inputs={"teacher": teacher})
+
+
 def search(config, workdir: str) -> dict:
     """Runs (or resumes) a KDL-DARTS search on ``train.fit``; returns and writes the summary."""
-    workdir, start = results.start_run(config, workdir, "KDL-DARTS search")
+    workdir, start = results.start_run(config, workdir, "KDL-DARTS search", identity=search_identity(config, workdir))
     mesh = train.make_mesh(config.mesh.num_devices)
     full = inputs.train_source(config)
     train_half, val_half = data.split_train_validation(full, 0.5, seed=config.data.split_seed)

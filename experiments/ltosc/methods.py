@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import time
 
 import jax
@@ -19,6 +20,7 @@ from experiments.common.layout import RunLayout
 from rkdsc_jax import deploy, evaluation, train
 from rkdsc_jax.distill import logit_store, tosc_steps
 from rkdsc_jax.train import mesh as mesh_lib
+from rkdsc_jax.train import workdir as workdir_lib
 
 # Paper B's methods (SPEC §3.1) as overrides of the config; LA-TOSC is evaluation only.
 METHODS = {
@@ -52,6 +54,18 @@ def method_config(config, method: str, seed: int, **data_overrides) -> ml_collec
         for key, value in data_overrides.items():
             child.data[key] = value
     return child
+
+
+def run_identity(config, layout: RunLayout) -> dict:
+    """One method's run: every field but the study's lists (and, for a method trained on labels, the
+    teacher's and store's), and the teacher and store it consumes."""
+    targets = _method(config)["targets"]
+    if targets == "labels":
+        return results.run_identity(config, exclude=("teacher", "store"))
+    found = {"teacher": teacher_lib.teacher_input(config, layout)}
+    if targets == "store":
+        found["store"] = workdir_lib.artifact_fingerprint(layout.store)
+    return results.run_identity(config, exclude=("store.verify_samples",), inputs=found)
 
 
 def model_spec(config, num_classes: int, input_shape, class_names=None) -> deploy.SystemSpec:
@@ -90,6 +104,26 @@ def transmitter_param_count(params) -> int:
     return train.param_count({k: v for k, v in params.items() if k != "decoder"})
 
 
+def open_store(config, layout: RunLayout, source, class_names):
+    """The logit store, refused unless it was written by this config's teacher on this dataset
+    (and, where the store can tell, for its number of classes).  A training-set-size run's
+    source is a subset of the store's: then its name, split, shape and classes are compared."""
+    teacher = teacher_lib.load_teacher(config, class_names, layout)
+    dataset = logit_store.dataset_identity(source)
+    stored = logit_store.LogitStore.open(layout.store, verify_checksums=False).num_examples
+    if len(source) < stored:
+        dataset = {k: v for k, v in dataset.items() if k not in ("num_examples", "fingerprint")}
+    kwargs = dict(expect_teacher=teacher.identity(), expect_dataset=dataset, top_k=config.store.top_k)
+    if "expect_num_classes" in inspect.signature(logit_store.LogitStore.open).parameters:
+        kwargs["expect_num_classes"] = source.info.num_classes
+    store = logit_store.LogitStore.open(layout.store, **kwargs)
+    if store.num_classes != source.info.num_classes:  # Indices >= the student's classes would be dropped.
+        raise ValueError(f"The logit store at {layout.store} holds a {store.num_classes}-class teacher's "
+                         f"probabilities, but {source.info.name} has {source.info.num_classes} classes; rerun "
+                         "precompute_logits with this dataset's teacher, or set store.directory to such a store.")
+    return store
+
+
 class Setup:
     """Everything a TOSC run needs, built once from the config; ``layout`` holds the teacher and store."""
 
@@ -112,7 +146,7 @@ class Setup:
         self.teacher = None
         self.store = None
         if self.objective.targets == "store":
-            self.store = logit_store.LogitStore.open(layout.store, top_k=config.store.top_k)
+            self.store = open_store(config, layout, self.train_source, class_names)
         if self.objective.targets == "online":
             self.teacher = teacher_lib.load_teacher(config, class_names, layout)
 
@@ -169,8 +203,10 @@ def train_method(config: ml_collections.ConfigDict, workdir: str, *, study_dir: 
     ``study_dir`` is where the teacher and the store live (default: ``workdir``).
     """
     label = METHOD_LABELS.get(config.method, config.method)
-    workdir, start = results.start_run(config, workdir, f"{label} (seed {config.seed})")
-    setup = Setup(config, RunLayout.from_config(config, study_dir or workdir))
+    layout = RunLayout.from_config(config, study_dir or workdir)
+    workdir, start = results.start_run(config, workdir, f"{label} (seed {config.seed})",
+                                       identity=run_identity(config, layout))
+    setup = Setup(config, layout)
     state = setup.init_state(config.seed)
     logging.info("%s (%s): %s parameters (transmitter %s); %d steps of batch %d on %d examples.",
                  label, config.method, f"{train.param_count(state.params):,}",

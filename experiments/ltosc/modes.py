@@ -22,6 +22,7 @@ from experiments.common.layout import RunLayout
 from experiments.ltosc import methods, report, store
 from rkdsc_jax import train
 from rkdsc_jax.distill import logit_store
+from rkdsc_jax.train import workdir as workdir_lib
 
 
 def teacher_curves(config, workdir: str) -> dict:
@@ -29,76 +30,105 @@ def teacher_curves(config, workdir: str) -> dict:
     return teacher_lib.teacher_over_channel(config, RunLayout.from_config(config, workdir))
 
 
+def teacher_curves_identity(config, layout: RunLayout) -> dict:
+    return results.run_identity(config, only=("seed", "data", "teacher", "channel", "eval"),
+                                inputs={"teacher": teacher_lib.teacher_input(config, layout)})
+
+
+def _la_tosc(config, workdir: str) -> None:
+    layout = RunLayout.from_config(config, workdir)
+    run_dir, identity = layout.run("la_tosc"), teacher_curves_identity(config, layout)
+    if results.finished(run_dir, identity) is None:
+        results.write_json(run_dir / "summary.json", teacher_curves(config, workdir))
+        results.write_json(run_dir / workdir_lib.RUN_FILE, identity)
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Mode ``evaluate``: LA-TOSC curves, then one plot and table over every finished run."""
-    path = RunLayout.from_config(config, workdir).run("la_tosc") / "summary.json"
-    if results.read_json(path) is None:
-        results.write_json(path, teacher_curves(config, workdir))
+    _la_tosc(config, workdir)
     return report.write_report(config, workdir)
 
 
 def export(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Mode ``export`` of a study: the transmitter and receiver of any trained method."""
-    child = methods.method_config(config, config.export.method, export_lib.export_seed(config))
-    setup = methods.Setup(child, RunLayout.from_config(config, workdir))
-    return export_lib.export_run(config, workdir, lambda summary: setup.model_spec, setup.eval_source)
+    """Mode ``export`` of a study: the transmitter and receiver of any trained method, rebuilt
+    from the config its run recorded."""
+    layout = RunLayout.from_config(config, workdir)
+
+    def build(run_config):
+        setup = methods.Setup(run_config, layout)
+        return (lambda summary: setup.model_spec), setup.eval_source
+
+    return export_lib.export_run(config, workdir, build)
 
 
 def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Mode ``ltosc_study``: the whole paper-B study in one resumable command."""
+    """Mode ``ltosc_study``: the whole paper-B study in one resumable command.  A stage whose
+    fields or inputs changed since it ran is computed again (``results.finished``)."""
     layout = RunLayout.from_config(config, workdir)
     layout.root.mkdir(parents=True, exist_ok=True)
-    stages = 8
-    if config.teacher.finetune.enabled:
-        results.stage("fine-tune the teacher", 1, stages)
-        if results.read_json(layout.teacher_run / "summary.json") is None:
-            teacher_lib.finetune(config, workdir)
-    results.stage("pre-store the teacher's top-K probabilities", 2, stages)
-    if results.read_json(layout.store / "summary.json") is None:
-        store.precompute_logits(config, workdir)
-    if results.read_json(layout.store / "verify.json") is None:
-        store.verify_logits(config, workdir)
+    seeds = inputs.tuple_field(config, "study.seeds", int)
+    study_methods = inputs.tuple_field(config, "study.methods", str)
+    sizes = inputs.tuple_field(config, "study.train_sizes", int)
+    size_methods = inputs.tuple_field(config, "study.size_methods", str)
+    size_snrs = inputs.tuple_field(config, "study.size_snrs_db", (int, float))
+    with workdir_lib.WorkdirLock(layout.root):
+        stages = 8
+        if config.teacher.finetune.enabled:
+            results.stage("fine-tune the teacher", 1, stages)
+            if results.finished(layout.teacher_run, teacher_lib.teacher_identity(config)) is None:
+                teacher_lib.finetune(config, workdir)
+        results.stage("pre-store the teacher's top-K probabilities", 2, stages)
+        if results.finished(layout.store, store.store_identity(config, layout)) is None:
+            store.precompute_logits(config, workdir)
+        if results.read_json(layout.store / "verify.json") is None:
+            store.verify_logits(config, workdir)
 
-    results.stage("train every method and seed", 3, stages)
-    for method in config.study.methods:
-        for seed in config.study.seeds:
-            child = methods.method_config(config, method, seed)
-            run_dir = layout.run(method, seed)
-            results.run_once(run_dir, lambda: methods.train_method(child, str(run_dir), study_dir=workdir))
+        results.stage("train every method and seed", 3, stages)
+        for method in study_methods:
+            for seed in seeds:
+                child = methods.method_config(config, method, seed)
+                run_dir = layout.run(method, seed)
+                results.run_once(run_dir, lambda: methods.train_method(child, str(run_dir), study_dir=workdir),
+                                 methods.run_identity(child, layout))
 
-    results.stage("the teacher over the channel (LA-TOSC)", 4, stages)
-    path = layout.run("la_tosc") / "summary.json"
-    if results.read_json(path) is None:
-        results.write_json(path, teacher_curves(config, workdir))
+        results.stage("the teacher over the channel (LA-TOSC)", 4, stages)
+        _la_tosc(config, workdir)
 
-    results.stage("accuracy vs training-set size", 5, stages)
-    full_size = len(inputs.source(config, config.data.train_split))
-    for size in config.study.train_sizes:
-        for method in config.study.size_methods:
-            run_dir = layout.size_run(size, method)
-            if size >= full_size:  # The main run of the first seed is this point.
-                main = results.read_json(layout.run(method, config.study.seeds[0]) / "summary.json")
-                if main is not None:
-                    results.write_json(run_dir / "summary.json", main)
-                    continue
-            child = methods.method_config(config, method, config.study.seeds[0], num_train_examples=size)
-            with child.unlocked():
-                child.eval.snrs_db = tuple(config.study.size_snrs_db)
-                child.train.num_steps = None
-                child.train.num_epochs = config.train.num_epochs * config.study.size_epoch_scale.get(str(size), 1.0)
-            results.run_once(run_dir, lambda: methods.train_method(child, str(run_dir), study_dir=workdir))
+        results.stage("accuracy vs training-set size", 5, stages)
+        # The study's own training set (data.num_train_examples of the split): sizes at or above it
+        # are its main run; smaller ones are nested subsets of it, which the store covers.
+        full_size = len(inputs.train_source(config))
+        for size in sizes:
+            for method in size_methods:
+                run_dir = layout.size_run(size, method)
+                if size >= full_size:  # The main run of the first seed is this point.
+                    main_dir = layout.run(method, seeds[0])
+                    main = results.read_json(main_dir / "summary.json")
+                    if main is not None:
+                        results.write_json(run_dir / "summary.json", main)
+                        if workdir_lib.recorded(main_dir) is not None:
+                            results.write_json(run_dir / workdir_lib.RUN_FILE, workdir_lib.recorded(main_dir))
+                        continue
+                child = methods.method_config(config, method, seeds[0], num_train_examples=min(size, full_size))
+                with child.unlocked():
+                    child.eval.snrs_db = size_snrs
+                    child.train.num_steps = None
+                    child.train.num_epochs = config.train.num_epochs * config.study.size_epoch_scale.get(str(size),
+                                                                                                        1.0)
+                results.run_once(run_dir, lambda: methods.train_method(child, str(run_dir), study_dir=workdir),
+                                 methods.run_identity(child, layout))
 
-    results.stage("FDM ablation: storage and time per epoch", 6, stages)
-    path = layout / "fdm_ablation.json"
-    if results.read_json(path) is None:
-        results.write_json(path, fdm_ablation(config, workdir))
+        results.stage("FDM ablation: storage and time per epoch", 6, stages)
+        path = layout / "fdm_ablation.json"
+        if results.read_json(path) is None:
+            results.write_json(path, fdm_ablation(config, workdir))
 
-    results.stage("export the deployable transmitter and receiver", 7, stages)
-    if not export_lib.exported(config, workdir):
-        export(config, workdir)
+        results.stage("export the deployable transmitter and receiver", 7, stages)
+        if not export_lib.exported(config, workdir):
+            export(config, workdir)
 
-    results.stage("report", 8, stages)
-    return report.write_report(config, workdir)
+        results.stage("report", 8, stages)
+        return report.write_report(config, workdir)
 
 
 def _time_steps(setup: methods.Setup, num_steps: int) -> float:
@@ -119,7 +149,7 @@ def _time_steps(setup: methods.Setup, num_steps: int) -> float:
 def fdm_ablation(config, workdir: str) -> dict:
     """Paper B Table II on this machine: store vs teacher-in-the-loop, same run, same model."""
     layout = RunLayout.from_config(config, workdir)
-    source = inputs.source(config, config.data.train_split)
+    source = inputs.train_source(config)  # The store's examples (data.num_train_examples of the split).
     storage = logit_store.store_summary(logit_store.LogitStore.open(layout.store), source)
     timings = {}
     for method in ("l_tosc_kd", "l_tosc_kd_online"):

@@ -16,8 +16,16 @@ from experiments.common.layout import RunLayout
 from rkdsc_jax.distill import logit_store
 
 
+def store_identity(config, layout: RunLayout) -> dict:
+    """The store's identity: seed, data, teacher and store fields, and the teacher it was built from."""
+    return results.run_identity(config, only=("seed", "data", "teacher", "store"), exclude=("store.verify_samples",),
+                                inputs={"teacher": teacher_lib.teacher_input(config, layout)})
+
+
 def precompute_logits(config: ml_collections.ConfigDict, workdir: str) -> dict:
     layout = RunLayout.from_config(config, workdir)
+    results.start_run(config, layout.store, "Store the teacher's top-K probabilities",
+                      identity=store_identity(config, layout))
     source = inputs.train_source(config)
     teacher = teacher_lib.load_teacher(config, inputs.class_names(source), layout)
     start = time.perf_counter()

@@ -26,10 +26,11 @@ import time
 import ml_collections
 
 from experiments.common import export as export_lib
-from experiments.common import results
+from experiments.common import inputs, results
 from experiments.common import teacher as teacher_lib
 from experiments.darts import search as darts_search
 from experiments.rkdsc import report, stages
+from rkdsc_jax.train import workdir as workdir_lib
 
 
 def _pipeline_dir(config, workdir: str) -> str:
@@ -51,6 +52,11 @@ def rkd_stage2(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def teacher_curves(config, pipeline_dir: str) -> dict:
     """The teacher's features over the channel to its own head, and its clean accuracy."""
     return teacher_lib.teacher_over_channel(config, stages.pipeline_layout(config, pipeline_dir))
+
+
+def teacher_curves_identity(config, layout) -> dict:
+    return results.run_identity(config, only=("seed", "data", "teacher", "channel", "eval"),
+                                inputs={"teacher": teacher_lib.teacher_input(config, layout)})
 
 
 def search_config(config, pipeline_dir: str) -> ml_collections.ConfigDict:
@@ -83,66 +89,88 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if method not in ("rkdsc", "no_kd", "cnn"):
         raise ValueError(f"export.method={method!r}: paper A's deployable systems are 'rkdsc', 'no_kd' and "
                          "'cnn' (stage 1 has no channel codec).")
-    setup = stages.Setup(config, workdir)
-    spec_of = (lambda summary: setup.cnn_spec(summary["num_symbols"])) if method == "cnn" else (
-        lambda summary: setup.system_spec)
-    return export_lib.export_run(config, workdir, spec_of, setup.eval_source)
+
+    def build(run_config):  # The system as the run was trained, from its own recorded config.
+        setup = stages.Setup(run_config, workdir)
+        spec_of = (lambda summary: setup.cnn_spec(summary["num_symbols"])) if method == "cnn" else (
+            lambda summary: setup.system_spec)
+        return spec_of, setup.eval_source
+
+    return export_lib.export_run(config, workdir, build)
 
 
 def pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Mode ``rkdsc``: every stage of paper A in order, resumable; then the report."""
+    """Mode ``rkdsc``: every stage of paper A in order, resumable; then the report.  A stage whose
+    fields or inputs (teacher, search, stage 1) changed since it ran is computed again: its old
+    directory is moved aside (``results.finished``)."""
     started = time.perf_counter()
     layout = stages.pipeline_layout(config, workdir)
     layout.root.mkdir(parents=True, exist_ok=True)
-    total = 8
-    if config.teacher.finetune.enabled:
-        results.stage("fine-tune the teacher", 1, total, started)
-        if results.read_json(layout.teacher_run / "summary.json") is None:
-            teacher_lib.finetune(config, workdir)
+    seeds = inputs.tuple_field(config, "pipeline.seeds", int)
+    methods = list(inputs.tuple_field(config, "pipeline.methods", str))
+    with workdir_lib.WorkdirLock(layout.root):
+        total = 8
+        if config.teacher.finetune.enabled:
+            results.stage("fine-tune the teacher", 1, total, started)
+            if results.finished(layout.teacher_run, teacher_lib.teacher_identity(config)) is None:
+                teacher_lib.finetune(config, workdir)
 
-    if config.student.encoder == "genotype" and not config.student.get("genotype"):
-        results.stage("KDL-DARTS architecture search", 2, total, started)
-        if not config.search.enabled:
-            raise ValueError("The student is the pipeline's searched genotype but search.enabled is False; set "
-                             "--config.student.genotype to a genotype JSON (or a search workdir), or enable it.")
-        if results.read_json(layout.search / "summary.json") is None:
-            darts_search.search(search_config(config, workdir), str(layout.search))
+        if config.student.encoder == "genotype" and not config.student.get("genotype"):
+            results.stage("KDL-DARTS architecture search", 2, total, started)
+            if not config.search.enabled:
+                raise ValueError("The student is the pipeline's searched genotype but search.enabled is False; set "
+                                 "--config.student.genotype to a genotype JSON (or a search workdir), or enable it.")
+            child = search_config(config, workdir)
+            if results.finished(layout.search, darts_search.search_identity(child, str(layout.search))) is None:
+                darts_search.search(child, str(layout.search))
 
-    results.stage("the teacher over the channel", 3, total, started)
-    path = layout.run("teacher") / "summary.json"
-    if results.read_json(path) is None:
-        results.write_json(path, teacher_curves(config, workdir))
+        results.stage("the teacher over the channel", 3, total, started)
+        run_dir, identity = layout.run("teacher"), teacher_curves_identity(config, layout)
+        if results.finished(run_dir, identity) is None:
+            results.write_json(run_dir / "summary.json", teacher_curves(config, workdir))
+            results.write_json(run_dir / workdir_lib.RUN_FILE, identity)
 
-    setup = None
-    methods = list(config.pipeline.methods)
-    for seed in config.pipeline.seeds:
-        child = stages.seed_config(config, seed)
-        todo = [m for m in methods if results.read_json(layout.run(m, seed) / "summary.json") is None]
-        if not todo:
-            continue
-        setup = setup or stages.Setup(config, workdir)
-        results.stage(f"seed {seed}: stage 1, stage 2 and the baselines ({', '.join(todo)})", 4, total, started)
-        if "stage1" in todo or ("rkdsc" in todo and "stage1" not in methods):
-            stages.train_stage1(child, layout.run("stage1", seed), setup=setup)
-        if "rkdsc" in todo:
-            stages.train_stage2(child, layout.run("rkdsc", seed), stage1_dir=layout.run("stage1", seed), setup=setup)
-        if "no_kd" in todo:
-            stages.train_stage2(child, layout.run("no_kd", seed), distill=False, setup=setup)
-        if "cnn" in todo:
-            stages.train_cnn_baseline(child, layout.run("cnn", seed), setup=setup,
-                                      num_symbols=setup.system.max_symbols)
+        setup = None
+        for seed in seeds:
+            child = stages.seed_config(config, seed)
 
-    results.stage("encoder latency (batch 1, this machine)", 5, total, started)
-    path = layout / "latency.json"
-    if results.read_json(path) is None:
-        setup = setup or stages.Setup(config, workdir)
-        results.write_json(path, stages.encoder_latency(config, setup))
+            def todo(method):  # Checked in order: rkdsc's identity includes the stage 1 it starts from.
+                return results.finished(layout.run(method, seed), stages.run_identity(child, layout, method)) is None
 
-    results.stage("export the deployable transmitter and receiver", 6, total, started)
-    if not export_lib.exported(config, workdir):
-        export(config, workdir)
+            needs_stage1 = "stage1" in methods or "rkdsc" in methods
+            run_stage1 = needs_stage1 and todo("stage1")
+            pending = [m for m in methods if m != "stage1" and (m != "rkdsc" or not run_stage1) and todo(m)]
+            if run_stage1 and "rkdsc" in methods and "rkdsc" not in pending:
+                pending.insert(0, "rkdsc")  # A new stage 1 makes any earlier stage 2 stale.
+            if not run_stage1 and not pending:
+                continue
+            setup = setup or stages.Setup(config, workdir)
+            shown = (["stage1"] if run_stage1 else []) + pending
+            results.stage(f"seed {seed}: stage 1, stage 2 and the baselines ({', '.join(shown)})", 4, total,
+                          started)
+            if run_stage1:
+                stages.train_stage1(child, layout.run("stage1", seed), setup=setup)
+            if "rkdsc" in pending:
+                if results.finished(layout.run("rkdsc", seed), stages.run_identity(child, layout, "rkdsc")) is None:
+                    stages.train_stage2(child, layout.run("rkdsc", seed), stage1_dir=layout.run("stage1", seed),
+                                        setup=setup)
+            if "no_kd" in pending:
+                stages.train_stage2(child, layout.run("no_kd", seed), distill=False, setup=setup)
+            if "cnn" in pending:
+                stages.train_cnn_baseline(child, layout.run("cnn", seed), setup=setup,
+                                          num_symbols=setup.system.max_symbols)
 
-    results.stage("report", 7, total, started)
-    out = report.write_report(config, workdir)
-    results.stage(f"done: {layout / 'report.md'}", 8, total, started)
-    return out
+        results.stage("encoder latency (batch 1, this machine)", 5, total, started)
+        path = layout / "latency.json"
+        if results.read_json(path) is None:
+            setup = setup or stages.Setup(config, workdir)
+            results.write_json(path, stages.encoder_latency(config, setup))
+
+        results.stage("export the deployable transmitter and receiver", 6, total, started)
+        if not export_lib.exported(config, workdir):
+            export(config, workdir)
+
+        results.stage("report", 7, total, started)
+        out = report.write_report(config, workdir)
+        results.stage(f"done: {layout / 'report.md'}", 8, total, started)
+        return out

@@ -25,6 +25,7 @@ from rkdsc_jax.distill import rkd_steps, tosc_steps
 from rkdsc_jax.models import rkd, tosc
 from rkdsc_jax.nas import genotypes
 from rkdsc_jax.train import mesh as mesh_lib
+from rkdsc_jax.train import workdir as workdir_lib
 
 
 def pipeline_layout(config, pipeline_dir) -> RunLayout:
@@ -36,14 +37,29 @@ def resolve_genotype(config, layout: RunLayout) -> genotypes.Genotype:
     return darts_search.load_genotype(config.student.get("genotype") or str(layout.search))
 
 
+def run_identity(config, layout: RunLayout, method: str, stage1_dir=None) -> dict:
+    """A trained stage's identity: its fields (not other stages') and the artifacts it consumes —
+    the teacher (its features' width shapes every student), the searched genotype, and for
+    ``rkdsc`` the stage-1 run it starts from."""
+    found = {"teacher": teacher_lib.teacher_input(config, layout)}
+    if config.student.encoder == "genotype" and not config.student.get("genotype"):
+        found["search"] = workdir_lib.artifact_fingerprint(layout.search)
+    exclude = {"stage1": ("stage2", "baselines"), "rkdsc": ("stage1", "baselines"), "no_kd": ("stage1", "baselines"),
+               "cnn": ("stage1",)}[method]
+    if method == "rkdsc":
+        found["stage1"] = workdir_lib.artifact_fingerprint(stage1_dir or layout.run("stage1", config.seed))
+    return results.run_identity(config, exclude=exclude, inputs=found)
+
+
 def objective_from_config(config, stage: str) -> rkd_steps.RKDObjective:
     o, s2 = config.objective, config.stage2
     common = dict(feature_loss=o.feature_loss, feature_weight=o.feature_weight, kd_weight=o.kd_weight,
                   ce_weight=o.ce_weight, temperature=o.temperature)
     if stage == "stage1":
         return rkd_steps.RKDObjective(**common)
-    return rkd_steps.RKDObjective(**common, snr_range=tuple(s2.snr_range), channels=tuple(s2.channels),
-                                  budgets=tuple(config.codec.budgets) or None, csi=config.channel.csi,
+    return rkd_steps.RKDObjective(**common, snr_range=inputs.tuple_field(config, "stage2.snr_range", (int, float)),
+                                  channels=inputs.tuple_field(config, "stage2.channels", str),
+                                  budgets=inputs.tuple_field(config, "codec.budgets", int) or None, csi=config.channel.csi,
                                   equalizer=config.channel.equalizer, freeze_encoder=s2.freeze_encoder)
 
 
@@ -196,7 +212,8 @@ def _stage1_tx(setup: Setup):
 
 def train_stage1(config, workdir: str, *, setup: Setup) -> dict:
     """Stage 1 into ``workdir`` (resumable); summary with clean and over-the-channel accuracy."""
-    workdir, start = results.start_run(config, workdir, f"RKD stage 1 (seed {config.seed})")
+    workdir, start = results.start_run(config, workdir, f"RKD stage 1 (seed {config.seed})",
+                                       identity=run_identity(config, setup.layout, "stage1"))
     tx, num_steps = _stage1_tx(setup)
     state = setup.init_state(setup.system, tx, config.seed, method="init_all")
     fn, variables = setup.teacher_arguments()
@@ -240,7 +257,8 @@ def _budgets(config, max_symbols: int) -> list[int]:
 def train_stage2(config, workdir: str, *, setup: Setup, stage1_dir=None, distill: bool = True) -> dict:
     """Stage 2 from stage 1's weights (``distill``) or, without a teacher, from scratch on the labels."""
     label = "RKD stage 2" if distill else "no-KD student"
-    workdir, start = results.start_run(config, workdir, f"{label} (seed {config.seed})")
+    identity = run_identity(config, setup.layout, "rkdsc" if distill else "no_kd", stage1_dir)
+    workdir, start = results.start_run(config, workdir, f"{label} (seed {config.seed})", identity=identity)
     stage = config.stage2
     num_steps = inputs.steps(stage, len(setup.train_source))
     state = setup.init_state(setup.system, train.make_optimizer(stage, num_steps), config.seed, method="init_all")
@@ -281,7 +299,8 @@ def train_stage2(config, workdir: str, *, setup: Setup, stage1_dir=None, distill
 def train_cnn_baseline(config, workdir: str, *, setup: Setup, num_symbols: int) -> dict:
     """CNN → dense JSCC head → channel → dense decoder → classifier, trained on the labels
     under stage 2's SNR and channel mix, with RKD-SC's largest symbol budget."""
-    workdir, start = results.start_run(config, workdir, f"CNN SemCom baseline (seed {config.seed})")
+    workdir, start = results.start_run(config, workdir, f"CNN SemCom baseline (seed {config.seed})",
+                                       identity=run_identity(config, setup.layout, "cnn"))
     stage = config.stage2
     num_steps = inputs.steps(stage, len(setup.train_source))
     model = setup.cnn_spec(num_symbols).build()

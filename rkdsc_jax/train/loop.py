@@ -205,7 +205,9 @@ class _Guard:
 
     def interval_mean(self, history: list, last_step: int) -> dict[str, float]:
         stacked = jax.device_get(jax.tree.map(lambda *xs: np.stack(xs), *history))
-        stacked = {k: np.asarray(v).reshape(len(history), -1) for k, v in stacked.items()}
+        # The loss first: it names the cause a reader looks for.
+        stacked = {k: np.asarray(stacked[k]).reshape(len(history), -1)
+                   for k in sorted(stacked, key=lambda k: ("loss" not in k, k))}
         first = last_step - len(history) + 1
         bad = np.zeros(len(history), bool)
         for values in stacked.values():

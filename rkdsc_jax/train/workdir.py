@@ -43,6 +43,8 @@ ALLOW_ENV = "RKDSC_ALLOW_CONFIG_CHANGE"
 COSMETIC = (
     "log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_batch_size", "latency_repeats",
     "worker_count", "eval.batch_size", "data.data_dir", "teacher.cache_dir",
+    # Where a consumed artifact lives; its fingerprint is among the run's inputs instead.
+    "teacher.finetuned_dir", "store.directory", "stage2.init_from",
     "/mode", "/mesh", "/export", "/pipeline_dir", "/study_dir", "/compilation_cache", "/resume_anyway",
 )
 
@@ -123,15 +125,23 @@ def artifact_fingerprint(directory: epath.PathLike) -> str | None:
 
 
 def differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """``field: old → new`` for every differing field and input."""
+    """``field: old → new`` for every field both record with different values, and every
+    differing input.  A field only one side has is not a difference: it was added to (or
+    removed from) the configs since, and the run had its default."""
     lines = []
-    for section in ("fields", "inputs"):
-        a, b = old.get(section) or {}, new.get(section) or {}
-        for key in sorted(set(a) | set(b)):
-            if a.get(key, "<absent>") != b.get(key, "<absent>"):
-                label = key if section == "fields" else f"input {key}"
-                lines.append(f"{label}: {_show(a.get(key, '<absent>'))} → {_show(b.get(key, '<absent>'))}")
+    a, b = old.get("fields") or {}, new.get("fields") or {}
+    for key in sorted(set(a) & set(b)):
+        if a[key] != b[key]:
+            lines.append(f"{key}: {_show(a[key])} → {_show(b[key])}")
+    a, b = old.get("inputs") or {}, new.get("inputs") or {}
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            lines.append(f"input {key}: {_short(a.get(key))} → {_short(b.get(key))}")
     return lines
+
+
+def _short(value) -> str:
+    return "none recorded" if value is None else (value[:12] if isinstance(value, str) else _show(value))
 
 
 def _show(value) -> str:
@@ -149,7 +159,7 @@ def mismatch(workdir: epath.PathLike, new: Mapping[str, Any]) -> list[str]:
     old = recorded(workdir)
     if old is None or old.get("fingerprint") == new["fingerprint"]:
         return []
-    return differences(old, new) or ["(the fingerprint differs)"]
+    return differences(old, new)
 
 
 def mismatch_message(workdir: epath.PathLike, diff: list[str]) -> str:
@@ -166,6 +176,7 @@ def check_and_record(workdir: epath.PathLike, new: Mapping[str, Any], *, write: 
         if not allow_change():
             raise ConfigMismatchError(mismatch_message(workdir, diff))
         logging.warning("%s=1: continuing %s under a changed config (%s).", ALLOW_ENV, workdir, "; ".join(diff))
+    # A record is kept as it is otherwise: its fingerprint is what later stages recorded as their input.
     if write and (diff or recorded(workdir) is None):
         files.atomic_write_json(workdir / RUN_FILE, dict(new) | {"recorded_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
