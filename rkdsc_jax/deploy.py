@@ -400,7 +400,7 @@ def _check_mask(mask, batch: int, max_symbols: int, values: bool, prefix: bool) 
     return jnp.asarray(mask, jnp.float32)
 
 
-def _in_jit_checks(**named) -> None:
+def _in_jit_checks(named: dict) -> None:
     """``checkify`` versions of the host value checks (for ``checks="checkify"``)."""
     for name, x in named.items():
         if x is None:
@@ -480,7 +480,7 @@ class Transmitter(_Half):
 
         def transmit(variables, images, snr_db, channel_type, num_symbols):
             if in_jit:
-                _in_jit_checks(images=images, snr_db=snr_db)
+                _in_jit_checks({"images": images, "snr_db": snr_db})
             if kind == "rkdsc":
                 return model.apply(variables, images, snr_db, channel_type, num_symbols, method="transmit")
             x, _, _ = model.apply(variables, images, snr_db, method="encode")
@@ -548,7 +548,7 @@ class Receiver(_Half):
 
         def receive(variables, received, mask, snr_db, channel_type):
             if in_jit:
-                _in_jit_checks(received=received, mask=mask, snr_db=snr_db)
+                _in_jit_checks({"received symbols": received, "mask": mask, "snr_db": snr_db})
             if kind == "rkdsc":
                 # Unsent symbols carry nothing: zero them as in training, whatever the radio put there.
                 received = received * jnp.concatenate([mask, mask], axis=-1)
