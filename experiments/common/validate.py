@@ -24,6 +24,12 @@ from absl import logging
 NUM_CLASSES = {"fashion_mnist": 10, "synthetic": 10, "mnist": 10, "cifar10": 10, "cifar100": 100,
                "imagenet2012": 1000, "tiny_imagenet": 200}
 IMAGE_SIZES = {"fashion_mnist": 28, "synthetic": 28, "mnist": 28, "cifar10": 32, "cifar100": 32, "tiny_imagenet": 64}
+IMAGE_CHANNELS = {"fashion_mnist": 1, "synthetic": 1, "mnist": 1, "cifar10": 3, "cifar100": 3, "tiny_imagenet": 3,
+                  "imagenet2012": 3}
+TRAIN_EXAMPLES = {"fashion_mnist": 60000, "synthetic": 512, "mnist": 60000, "cifar10": 50000, "cifar100": 50000,
+                  "tiny_imagenet": 100000, "imagenet2012": 1281167}
+# Names get_source reads itself (anything else goes to TFDS).
+SOURCE_NAMES = ("fashion_mnist", "synthetic", "image_folder", "tiny_imagenet")
 
 # Paper A's runs (experiments.rkdsc.modes.pipeline) and the ones with a channel codec to export.
 PIPELINE_METHODS = ("stage1", "rkdsc", "no_kd", "cnn")
@@ -248,22 +254,38 @@ class _Checker:
 # --- sections ---------------------------------------------------------------------------------
 
 
+def _train_examples(c: _Checker, section: str) -> int | None:
+    """How many training examples a section's run reads, when the config says it."""
+    for path in (f"{section}.num_train_examples", "data.num_train_examples"):
+        n = c.get(path, None)
+        if _is_int(n) and n > 0:
+            return int(n)
+    name = c.get("data.name", None)
+    return TRAIN_EXAMPLES.get(name.removeprefix("tfds:")) if isinstance(name, str) else None
+
+
 def _check_train(c: _Checker, section: str) -> None:
     """A ``common.train`` section (also paper A's stages and the teacher's fine-tuning)."""
     if not c.has(section):
         return
-    c.integer(f"{section}.batch_size")
+    batch = c.integer(f"{section}.batch_size")
     num_steps = c.integer(f"{section}.num_steps", optional=True)
+    epochs = None
     if c.has(f"{section}.num_epochs") and not (num_steps and c.get(f"{section}.num_epochs") is None):
-        c.positive(f"{section}.num_epochs", optional=num_steps is not None,
-                   what=" (or set num_steps)" if num_steps is None else "")
+        epochs = c.positive(f"{section}.num_epochs", optional=num_steps is not None,
+                            what=" (or set num_steps)" if num_steps is None else "")
+    examples = _train_examples(c, section)
+    if num_steps is None and epochs and batch and examples:  # As train.steps_from_epochs counts them.
+        num_steps = max(1, math.ceil(epochs * examples / batch))
     c.choice(f"{section}.optimizer", OPTIMIZERS)
     c.positive(f"{section}.learning_rate")
     c.positive(f"{section}.head_learning_rate")
     warmup = c.integer(f"{section}.warmup_steps", 0)
     if warmup is not None and num_steps is not None and warmup >= num_steps:
-        c.bad(f"{section}.warmup_steps", warmup, f"must be < {section}.num_steps={num_steps} (the learning rate "
-                                                  "would never reach its peak)")
+        given = c.get(f"{section}.num_steps", None) == num_steps
+        total = f"{section}.num_steps={num_steps}" if given else f"the run's {num_steps} steps"
+        c.bad(f"{section}.warmup_steps", warmup, f"must be < {total} (the learning rate would never reach its "
+                                                  "peak)")
     c.non_negative(f"{section}.weight_decay")
     if c.get(f"{section}.optimizer") == "sgd" or c.has(f"{section}.momentum"):
         c.fraction(f"{section}.momentum")
@@ -299,8 +321,24 @@ def _check_data(c: _Checker) -> None:
     channels = c.get("data.channels")
     if channels not in (_MISSING, None, 1, 3):
         c.bad("data.channels", channels, "must be None (the dataset's), 1 or 3")
-    c.choice("data.normalization", sorted(data.NORMALIZATIONS))
+    normalization = c.choice("data.normalization", sorted(data.NORMALIZATIONS))
     c.integer("data.worker_count", 0)
+    name = c.get("data.name")
+    if isinstance(name, str) and name and not name.startswith("tfds:") and name not in (*SOURCE_NAMES,
+                                                                                         *NUM_CLASSES):
+        import difflib
+
+        close = difflib.get_close_matches(name, [*SOURCE_NAMES, *NUM_CLASSES], n=1, cutoff=0.75)
+        if close:
+            c.bad("data.name", name, f"is not a dataset name the library knows; did you mean {close[0]!r}? "
+                                     f"(write tfds:{name} to read that TFDS dataset)")
+    native = IMAGE_CHANNELS.get(name.removeprefix("tfds:")) if isinstance(name, str) else None
+    channels = channels if channels in (1, 3) else native
+    if normalization and channels and len(data.NORMALIZATIONS[normalization][0]) not in (1, channels):
+        c.bad("data.normalization", normalization,
+              f"has {len(data.NORMALIZATIONS[normalization][0])}-channel statistics but the model sees {channels}-"
+              f"channel images; use a {channels}-channel or single-value normalization (e.g. 'unit') or set "
+              "data.channels")
 
 
 def num_classes(config) -> int | None:
@@ -566,7 +604,7 @@ def _check_study(c: _Checker, mode: str, classes: int | None) -> None:
     _check_train(c, "train")
     methods = c.names("study.methods", methods_all)
     seeds = c.integers("study.seeds", 0)
-    c.integers("study.train_sizes")
+    sizes = c.integers("study.train_sizes")
     c.names("study.size_methods", methods_all, empty_ok=True)
     c.floats("study.size_snrs_db", what=" (SNR in dB)")
     scale = c.get("study.size_epoch_scale")
@@ -579,7 +617,25 @@ def _check_study(c: _Checker, mode: str, classes: int | None) -> None:
                     c.bad(f"study.size_epoch_scale[{key!r}]", factor,
                           "keys must be training-set sizes ('1000') and factors finite numbers > 0")
     c.integer("study.ablation_steps")
+    _warn_short_sweep_runs(c, sizes, scale)
     _check_export(c, methods_all, seeds, mode == "ltosc_study", methods)
+
+
+def _warn_short_sweep_runs(c: _Checker, sizes, scale) -> None:
+    """The size sweep's runs last ``num_epochs × size_epoch_scale`` epochs of their subset: say when
+    one of them ends inside the warm-up (legal, but its learning rate never peaks)."""
+    batch, epochs, warmup = c.get("train.batch_size", None), c.get("train.num_epochs", None), c.get(
+        "train.warmup_steps", None)
+    if not sizes or not all(_is_number(v) and v > 0 for v in (batch, epochs)) or not _is_int(warmup):
+        return
+    factors = scale if hasattr(scale, "get") else {}
+    for size in sizes:
+        factor = factors.get(str(size), 1.0)
+        steps = max(1, math.ceil(epochs * (factor if _is_number(factor) else 1.0) * size / batch))
+        if warmup >= steps:
+            logging.warning("study.train_sizes: the %d-example run trains %d steps, within train.warmup_steps=%d: "
+                            "its learning rate never peaks (raise study.size_epoch_scale['%d']).", size, steps,
+                            warmup, size)
 
 
 def _check_darts(c: _Checker, mode: str, classes: int | None) -> None:

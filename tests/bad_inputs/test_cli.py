@@ -15,6 +15,9 @@ from absl import flags
 from experiments import main
 from experiments.common.validate import ConfigError
 
+# ml_collections loads config files with importlib's deprecated load_module().
+pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, "experiments", "configs")
 RKDSC = os.path.join(CONFIGS, "rkdsc_fmnist.py")

@@ -80,6 +80,9 @@ BAD = [
     ("synthetic_classifier", {"train.num_steps": 5, "train.warmup_steps": 5},
      "train.warmup_steps=5: must be < train.num_steps=5"),
     ("synthetic_classifier", {"train.warmup_steps": -1}, "train.warmup_steps=-1: must be an integer >= 0"),
+    ("synthetic_classifier", {"train.warmup_steps": 32}, "train.warmup_steps=32: must be < the run's 32 steps"),
+    ("ltosc_fmnist", {"teacher.finetune.warmup_steps": 938}, "teacher.finetune.warmup_steps=938: must be < the "
+                                                             "run's 938 steps"),
     ("synthetic_classifier", {"train.log_every": 0}, "train.log_every=0: must be an integer >= 1"),
     ("synthetic_classifier", {"train.checkpoint_every": 6}, "train.checkpoint_every=6: must be a multiple of "
                                                             "train.log_every=4"),
@@ -174,6 +177,12 @@ BAD = [
     ("synthetic_classifier", {"data.normalization": "imagenet1k"}, "data.normalization='imagenet1k': must be one of"),
     ("synthetic_classifier", {"data.subset": "last"}, "data.subset='last': must be one of 'first', 'random'"),
     ("synthetic_classifier", {"data.channels": 2}, "data.channels=2: must be None (the dataset's), 1 or 3"),
+    ("fmnist_classifier", {"data.normalization": "cifar10"}, "data.normalization='cifar10': has 3-channel statistics "
+                                                             "but the model sees 1-channel images"),
+    ("fmnist_classifier", {"data.name": "fashionmnist"}, "data.name='fashionmnist': is not a dataset name the library "
+                                                         "knows; did you mean 'fashion_mnist'?"),
+    ("rkdsc_cifar10", {"data.name": "cifar-10"}, "data.name='cifar-10': is not a dataset name the library knows; did "
+                                                 "you mean 'cifar10'?"),
     ("synthetic_classifier", {"model.name": "vgg"}, "model.name='vgg': must be one of"),
     ("rkdsc_fmnist", {"objective.feature_loss": "l1"}, "objective.feature_loss='l1': must be one of 'mse', 'cosine'"),
     ("rkdsc_fmnist", {"student.encoder": "vgg"}, "student.encoder='vgg': must be one of"),
