@@ -186,7 +186,7 @@ class _Checker:
         if value is _MISSING:
             return None
         if isinstance(value, str) or not isinstance(value, (tuple, list)):
-            self.bad(path, value, "must be a tuple, e.g. --config.%s=%s" % (path, "a,b"))
+            self.bad(path, value, f"must be a tuple (on the command line a comma list: --config.{path}=a,b)")
             return None
         if not value and not empty_ok:
             self.bad(path, value, "must not be empty")
@@ -256,7 +256,9 @@ class _Checker:
 
 def _train_examples(c: _Checker, section: str) -> int | None:
     """How many training examples a section's run reads, when the config says it."""
-    for path in (f"{section}.num_train_examples", "data.num_train_examples"):
+    # The teacher's fine-tuning reads the first teacher.finetune.num_train_examples, not data's subset.
+    paths = (f"{section}.num_train_examples",) if section == "teacher.finetune" else ("data.num_train_examples",)
+    for path in paths:
         n = c.get(path, None)
         if _is_int(n) and n > 0:
             return int(n)
@@ -465,12 +467,16 @@ def _check_search(c: _Checker) -> None:
     c.names("search.cap_cells", search_space.CELL_TYPES, empty_ok=True)
     c.choice("search.impl", ops.IMPLS)
     c.choice("search.augment", data.AUGMENT_POLICIES)
-    c.integer("search.log_every")
-    c.integer("search.checkpoint_every")
-    examples = c.integer("search.num_train_examples", 2, optional=True)
+    log_every = c.integer("search.log_every")
+    checkpoint_every = c.integer("search.checkpoint_every")
+    if log_every and checkpoint_every and checkpoint_every % log_every:
+        c.bad("search.checkpoint_every", checkpoint_every, f"must be a multiple of search.log_every={log_every}")
+    # The search splits its examples in a training and a validation half of whole batches.
+    path = "search.num_train_examples" if c.has("search.num_train_examples") else "data.num_train_examples"
+    examples = c.integer(path, 2, optional=True)
     if examples and batch and examples // 2 < batch:
-        c.bad("search.num_train_examples", examples, f"gives halves of {examples // 2} examples, fewer than one "
-                                                     f"search.batch_size={batch}; use >= {2 * batch}")
+        c.bad(path, examples, f"gives halves of {examples // 2} examples, fewer than one "
+                              f"search.batch_size={batch}; use >= {2 * batch}")
 
 
 def _check_model_sizes(c: _Checker, section: str) -> None:

@@ -109,6 +109,10 @@ BAD = [
     ("ltosc_fmnist", {"study.train_sizes": (0, 1000)}, "study.train_sizes=(0, 1000): element 0 (0) must be an integer"),
     ("ltosc_fmnist", {"study.ablation_steps": 0}, "study.ablation_steps=0: must be an integer >= 1"),
     ("darts_fmnist", {"retrain.epochs": 0.0}, "retrain.epochs=0.0: must be a finite number > 0"),
+    ("darts_fmnist", {"data.num_train_examples": 60}, "data.num_train_examples=60: gives halves of 30 examples, "
+                                                      "fewer than one search.batch_size=32; use >= 64"),
+    ("rkdsc_fmnist", {"search.checkpoint_every": 12}, "search.checkpoint_every=12: must be a multiple of "
+                                                      "search.log_every=5"),
     ("darts_fmnist", {"retrain.layers": 0}, "retrain.layers=0: must be an integer >= 1"),
     # Rates, weights, temperatures.
     ("synthetic_classifier", {"train.learning_rate": NAN}, "train.learning_rate=nan: must be a finite number > 0"),
