@@ -118,7 +118,7 @@ def _override_names(argv) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _explain_flag_error(error: Exception, argv) -> str:
+def _explain_flag_error(error: Exception, flag_values: flags.FlagValues) -> str:
     """absl's and ml_collections' flag errors as one line that says what to do."""
     text = str(error)
     if "Flag --workdir must have a value" in text:
@@ -128,12 +128,10 @@ def _explain_flag_error(error: Exception, argv) -> str:
     match = re.match(r"flag --(config\.[\w.]+)=(.*?): (.*)", text, re.S)
     if match:
         name, value, reason = match.groups()
-        example = ""
-        try:
-            default = error_flag_default(name)
-            example = f", e.g. --{name}={default}" if default is not None else ""
-        except Exception:  # noqa: BLE001 - only the hint is lost.
-            pass
+        default = flag_values[name].default if name in flag_values else None
+        if isinstance(default, (tuple, list)):
+            default = validate_lib.list_example(default)
+        example = f", e.g. --{name}={default}" if default is not None else ""
         if "as tuple" in reason:
             return f"--{name}={value}: not a comma-separated list{example or ', e.g. --' + name + '=0,1,2'}."
         if "for int()" in reason:
@@ -154,15 +152,6 @@ def _explain_flag_error(error: Exception, argv) -> str:
                 "default is None without a type): give it a type in the config file "
                 "(experiments.configs.common.field(None, int)).")
     return text.splitlines()[0]
-
-
-_FLAG_VALUES_FOR_HINTS: list = [flags.FLAGS]
-
-
-def error_flag_default(name: str):
-    """The default of an override flag, for the example in its error message."""
-    value = _FLAG_VALUES_FOR_HINTS[0][name].default
-    return validate_lib.list_example(value) if isinstance(value, (tuple, list)) else value
 
 
 def _unknown_field(argv, error: Exception) -> str:
@@ -200,11 +189,10 @@ def parse_command_line(argv, flag_values: flags.FlagValues = flags.FLAGS) -> lis
         if not os.path.isfile(file):
             raise CommandLineError(f"--config={path}: no such config file ({os.path.abspath(file)}); pass one of "
                                    f"experiments/configs/, e.g. {_CONFIG_EXAMPLE}.")
-    _FLAG_VALUES_FOR_HINTS[0] = flag_values
     try:
         rest = flag_values(argv)
     except flags.Error as error:
-        raise CommandLineError(_explain_flag_error(error, argv)) from None
+        raise CommandLineError(_explain_flag_error(error, flag_values)) from None
     except (KeyError, AttributeError) as error:  # An override of a field the config lacks.
         raise CommandLineError(_unknown_field(argv, error)) from None
     except ValueError as error:  # ml_collections' "Could not parse 'a.1000'": not a field path.
