@@ -31,9 +31,13 @@ TRAIN_EXAMPLES = {"fashion_mnist": 60000, "synthetic": 512, "mnist": 60000, "cif
 # Names get_source reads itself (anything else goes to TFDS).
 SOURCE_NAMES = ("fashion_mnist", "synthetic", "image_folder", "tiny_imagenet")
 
-# Paper A's runs (experiments.rkdsc.modes.pipeline) and the ones with a channel codec to export.
+# Paper A's runs (experiments.rkdsc.modes.pipeline) and the ones with a channel codec to export;
+# paper B's methods (experiments.ltosc.methods.METHODS: the shared core imports no study, a test
+# keeps the copies equal); the classifier registry of rkdsc_jax.models.get_classifier.
 PIPELINE_METHODS = ("stage1", "rkdsc", "no_kd", "cnn")
 EXPORTABLE_PIPELINE_METHODS = ("rkdsc", "no_kd", "cnn")
+STUDY_METHODS = ("eff_tosc", "l_tosc", "l_tosc_kd", "l_tosc_kd_kl", "l_tosc_kd_online", "res_tosc")
+CLASSIFIERS = ("efficientnet_b", "efficientnet_lite", "resnet", "small_cnn", "tinyvit")
 OPTIMIZERS = ("adamw", "sgd")  # rkdsc_jax.train.make_optimizer
 SUBSETS = ("first", "random")  # experiments.common.inputs.train_source
 
@@ -569,11 +573,10 @@ def _max_symbols(c: _Checker, encoder: str | None, per_token: int | None) -> int
 
 
 def _check_study(c: _Checker, mode: str, classes: int | None) -> None:
-    from experiments.ltosc.methods import METHODS
     from rkdsc_jax.distill import losses, tosc_steps
     from rkdsc_jax.models import tosc
 
-    methods_all = sorted(METHODS)
+    methods_all = STUDY_METHODS
     c.choice("method", methods_all)
     c.text("study_dir", optional=True)
     bound = f" (data.name={c.get('data.name')!r} has {classes} classes)" if classes else ""
@@ -645,8 +648,6 @@ def _warn_short_sweep_runs(c: _Checker, sizes, scale) -> None:
 
 
 def _check_darts(c: _Checker, mode: str, classes: int | None) -> None:
-    from rkdsc_jax import models
-
     _check_search(c)
     kind = c.get("teacher.kind")
     _check_teacher(c, extra_kinds=("none", "classifier", "store"))
@@ -658,7 +659,7 @@ def _check_darts(c: _Checker, mode: str, classes: int | None) -> None:
         c.bad("teacher.kind", kind, "the logit store is not wired into the search; use 'classifier', a "
                                     "pretrained teacher or 'none'")
     if kind == "classifier":
-        c.choice("teacher.model.name", sorted(models._CLASSIFIERS))
+        c.choice("teacher.model.name", CLASSIFIERS)
         _check_model_sizes(c, "teacher.model")
     c.text("retrain.genotype")
     c.integer("retrain.layers")
@@ -678,9 +679,7 @@ def _check_darts(c: _Checker, mode: str, classes: int | None) -> None:
 
 
 def _check_classifier(c: _Checker, mode: str, classes: int | None) -> None:
-    from rkdsc_jax import models
-
-    c.choice("model.name", sorted(models._CLASSIFIERS))
+    c.choice("model.name", CLASSIFIERS)
     _check_model_sizes(c, "model")
     _check_train(c, "train")
 

@@ -53,8 +53,15 @@ def test_the_list_covers_every_config_file():
     assert files == {name for name, _ in CONFIGS}
 
 
-def test_validate_knows_exactly_the_entry_points_modes():
+def test_validate_knows_exactly_the_entry_points_modes_and_the_libraries_names():
+    from experiments.ltosc.methods import METHODS
+    from rkdsc_jax import models
+
     assert set(validate.MODES) == set(main.MODES)
+    assert set(validate.STUDY_METHODS) == set(METHODS)
+    with pytest.raises(ValueError) as unknown:
+        models.get_classifier("?", 10)
+    assert str(sorted(validate.CLASSIFIERS)) in str(unknown.value)
 
 
 @pytest.mark.parametrize("name,variant", CONFIGS, ids=[f"{n}:{v}" if v else n for n, v in CONFIGS])
