@@ -11,14 +11,14 @@ import os
 import re
 import sys
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 from ml_collections.config_flags import config_flags as config_flags_lib
 from ml_collections.config_flags import config_path
 
 from experiments.common import validate as validate_lib
-from rkdsc_jax.train.mesh import configure_host_devices
+
+# jax is imported when a run starts, so that a wrong command line is refused in a fraction of a second.
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS, sys_argv=None):
@@ -44,6 +44,8 @@ def enable_compilation_cache(directory: str) -> None:
     """Caches every compiled program that took over a second to compile, in ``directory``."""
     if not directory:
         return
+    import jax
+
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -254,10 +256,14 @@ def _parse_or_exit(argv) -> list[str]:
 
 
 def main(argv):
+    from rkdsc_jax.train.mesh import configure_host_devices
+
     logging.get_absl_handler().addFilter(QuietLibraries())
     config = _CONFIG.value
-    configure_host_devices(config.mesh.get("host_devices"))
+    configure_host_devices(config.mesh.get("host_devices"))  # Before jax starts its backend.
     enable_compilation_cache(_COMPILATION_CACHE.value)
+    import jax
+
     if config.get("mesh") and config.mesh.get("distributed"):
         from rkdsc_jax.train import initialize_distributed
 
