@@ -195,7 +195,13 @@ def parse_command_line(argv, flag_values: flags.FlagValues = flags.FLAGS) -> lis
         rest = flag_values(argv)
     except flags.Error as error:
         raise CommandLineError(_explain_flag_error(error, flag_values)) from None
+    except SyntaxError as error:  # In the config file itself.
+        raise CommandLineError(f"--config={path}: the file is not valid Python ({error.msg}, line {error.lineno}); "
+                               "fix it or pass another config.") from None
     except (KeyError, AttributeError) as error:  # An override of a field the config lacks.
+        if "get_config" in str(error):
+            raise CommandLineError(f"--config={path}: the file has no get_config(); a config file defines "
+                                   "get_config() returning an ml_collections.ConfigDict.") from None
         raise CommandLineError(_unknown_field(argv, error)) from None
     except ValueError as error:  # ml_collections' "Could not parse 'a.1000'": not a field path.
         match = re.search(r"Could not parse '([^']+)'", str(error))

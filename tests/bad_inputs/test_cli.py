@@ -79,6 +79,16 @@ def test_a_wrong_command_line_says_what_and_how_to_fix_it(args, config, error, m
         parse(*args, config=config)
 
 
+def test_a_broken_config_file_is_named(tmp_path):
+    (tmp_path / "no_get_config.py").write_text("import ml_collections\n\ndef get_confg():\n    return None\n")
+    (tmp_path / "not_python.py").write_text("def get_config(:\n    pass\n")
+    with pytest.raises(main.CommandLineError, match=re.escape("no_get_config.py: the file has no get_config()")):
+        parse(config=str(tmp_path / "no_get_config.py"))
+    with pytest.raises(main.CommandLineError, match=re.escape("not_python.py: the file is not valid Python "
+                                                              "(invalid syntax, line 1)")):
+        parse(config=str(tmp_path / "not_python.py"))
+
+
 def test_a_missing_workdir_or_config_is_named():
     with pytest.raises(main.CommandLineError, match=re.escape("--workdir is required: the run's directory, e.g. "
                                                               "--workdir=runs/NAME")):
