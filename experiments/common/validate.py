@@ -64,6 +64,14 @@ class ConfigError(ValueError):
 
 
 _MISSING = object()
+_WARNED: set[str] = set()
+
+
+def _warn(message: str) -> None:
+    """A suspicious but legal value, said once per process (the CLI validates at parse and at run)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logging.warning(message)
 
 
 def _is_int(value) -> bool:
@@ -252,7 +260,7 @@ class _Checker:
             self.bad(path, self.get(path), "must be (low, high) in dB with low <= high, e.g. -10,25")
             return
         if values[0] < -50 or values[1] > 60:
-            logging.warning("%s=%s reaches beyond -50...60 dB: is it in dB?", path, values)
+            _warn(f"{path}={values} reaches beyond -50...60 dB: is it in dB?")
 
 
 # --- sections ---------------------------------------------------------------------------------
@@ -582,8 +590,7 @@ def _check_study(c: _Checker, mode: str, classes: int | None) -> None:
     bound = f" (data.name={c.get('data.name')!r} has {classes} classes)" if classes else ""
     top_k = c.integer("store.top_k", maximum=classes, what=bound)
     if top_k and classes and top_k == classes:
-        logging.warning("store.top_k=%d keeps all %d classes: the store saves nothing over full logits.",
-                        top_k, classes)
+        _warn(f"store.top_k={top_k} keeps all {classes} classes: the store saves nothing over full logits.")
     c.text("store.directory", optional=True)
     c.positive("store.temperature")
     c.integer("store.num_epochs")
@@ -642,9 +649,8 @@ def _warn_short_sweep_runs(c: _Checker, sizes, scale) -> None:
         factor = factors.get(str(size), 1.0)
         steps = max(1, math.ceil(epochs * (factor if _is_number(factor) else 1.0) * size / batch))
         if warmup >= steps:
-            logging.warning("study.train_sizes: the %d-example run trains %d steps, within train.warmup_steps=%d: "
-                            "its learning rate never peaks (raise study.size_epoch_scale['%d']).", size, steps,
-                            warmup, size)
+            _warn(f"study.train_sizes: the {size}-example run trains {steps} steps, within train.warmup_steps="
+                  f"{warmup}: its learning rate never peaks (raise study.size_epoch_scale['{size}']).")
 
 
 def _check_darts(c: _Checker, mode: str, classes: int | None) -> None:

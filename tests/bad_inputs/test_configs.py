@@ -267,6 +267,14 @@ def test_the_same_check_passes_a_valid_change(shipped):
     validate.validate(study)
 
 
+def test_suspicious_but_legal_values_warn_once(shipped, caplog):
+    config = _with(shipped, "ltosc_fmnist", {"store.top_k": 10, "objective.snr_range": (-5.0, 90.0)})
+    validate.validate(config)
+    validate.validate(config)
+    assert caplog.text.count("store.top_k=10 keeps all 10 classes") == 1
+    assert "objective.snr_range=(-5.0, 90.0) reaches beyond -50...60 dB" in caplog.text
+
+
 def test_run_mode_refuses_before_any_work(shipped, tmp_path):
     config = _with(shipped, "synthetic_classifier", {"train.num_steps": 0})
     workdir = tmp_path / "run"
