@@ -60,6 +60,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
         checkpoint_every=config.train.checkpoint_every,
         eval_every=config.train.eval_every,
         keep_checkpoints=config.train.keep_checkpoints,
+        skip_nonfinite=bool(config.train.get("skip_nonfinite", False)),
     )
     state, summary = train.fit(state=state, train_step=step, train_iter=train_iter, mesh=mesh,
                                workdir=str(workdir), config=loop_config, eval_fn=eval_fn)

@@ -24,6 +24,9 @@ def source(config, split: str, num_examples: int | None = None):
 
 def random_subset(source_, num_examples: int, seed: int):
     """A reproducible random subset that keeps the parent's example indices (store lookups)."""
+    if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) or num_examples < 1:
+        raise ValueError(f"data.num_train_examples must be a whole number >= 1 (or None for all), got "
+                         f"{num_examples!r}; pass e.g. --config.data.num_train_examples=1000.")
     if num_examples >= len(source_):
         return source_
     indices = np.sort(np.random.default_rng([seed, len(source_)]).permutation(len(source_))[:num_examples])
@@ -32,14 +35,26 @@ def random_subset(source_, num_examples: int, seed: int):
 
 def train_source(config):
     """``data.num_train_examples`` examples of the training split (all when None): the first
-    ones (``data.subset="first"``) or a reproducible random subset (``"random"``, ``subset_seed``)."""
+    ones (``data.subset="first"``) or a reproducible random subset (``"random"``, ``subset_seed``).
+    With ``data.subset_of`` (a study's training-set-size run), they are drawn the same way from
+    the study's own ``subset_of`` examples, whose logit store they then read."""
     num_examples = config.data.get("num_train_examples")
+    if config.data.subset not in ("first", "random"):
+        raise ValueError(f"data.subset must be 'first' or 'random', got {config.data.subset!r}.")
+    parent_size = config.data.get("subset_of")
+    if parent_size is not None:
+        parent = _subset(config, source(config, config.data.train_split), parent_size)
+        return _subset(config, parent, num_examples) if num_examples is not None else parent
     if config.data.subset == "first":
         return source(config, config.data.train_split, num_examples)
-    if config.data.subset != "random":
-        raise ValueError(f"data.subset must be 'first' or 'random', got {config.data.subset!r}.")
     full = source(config, config.data.train_split)
-    return random_subset(full, num_examples, seed=config.data.subset_seed) if num_examples else full
+    return random_subset(full, num_examples, seed=config.data.subset_seed) if num_examples is not None else full
+
+
+def _subset(config, source_, num_examples: int):
+    if config.data.subset == "first":
+        return data.take(source_, num_examples) if num_examples < len(source_) else source_
+    return random_subset(source_, num_examples, seed=config.data.subset_seed)
 
 
 def eval_source(config):

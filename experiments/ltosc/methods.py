@@ -214,7 +214,8 @@ def train_method(config: ml_collections.ConfigDict, workdir: str, *, study_dir: 
                  len(setup.train_source))
     loop_config = train.LoopConfig(num_steps=setup.num_steps, batch_size=config.train.batch_size,
                                    log_every=config.train.log_every, checkpoint_every=config.train.checkpoint_every,
-                                   keep_checkpoints=config.train.keep_checkpoints)
+                                   keep_checkpoints=config.train.keep_checkpoints,
+                                   skip_nonfinite=bool(config.train.get("skip_nonfinite", False)))
     state, summary = train.fit(state=state, train_step=setup.train_step(), train_iter=setup.train_iterator(),
                                mesh=setup.mesh, workdir=str(workdir), config=loop_config, batch_keys=setup.batch_keys)
     curves = setup.curves(state)

@@ -109,7 +109,10 @@ def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         if workdir_lib.recorded(main_dir) is not None:
                             results.write_json(run_dir / workdir_lib.RUN_FILE, workdir_lib.recorded(main_dir))
                         continue
-                child = methods.method_config(config, method, seeds[0], num_train_examples=min(size, full_size))
+                subset = {"num_train_examples": min(size, full_size)}
+                if config.data.get("num_train_examples") is not None:  # Nested in the study's own subset.
+                    subset["subset_of"] = config.data.num_train_examples
+                child = methods.method_config(config, method, seeds[0], **subset)
                 with child.unlocked():
                     child.eval.snrs_db = size_snrs
                     child.train.num_steps = None

@@ -161,7 +161,8 @@ class Setup:
 
     def fit(self, state, step, stage, num_steps: int, workdir):
         loop = train.LoopConfig(num_steps=num_steps, batch_size=stage.batch_size, log_every=stage.log_every,
-                                checkpoint_every=stage.checkpoint_every, keep_checkpoints=stage.keep_checkpoints)
+                                checkpoint_every=stage.checkpoint_every, keep_checkpoints=stage.keep_checkpoints,
+                                skip_nonfinite=bool(stage.get("skip_nonfinite", False)))
         return train.fit(state=state, train_step=step, train_iter=self.train_iterator(stage, num_steps,
                                                                                       self.config.seed),
                          mesh=self.mesh, workdir=str(workdir), config=loop)

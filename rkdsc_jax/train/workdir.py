@@ -11,7 +11,8 @@ left out (:data:`COSMETIC`).
 Lock.  ``run.lock`` is created atomically (``O_CREAT | O_EXCL``) with the holder's pid and
 host; a second run on the same workdir is refused with them (:class:`WorkdirLockedError`).  A
 lock left by a dead process on this host is taken over with a warning.  The same process
-may take a lock it holds again (pipelines lock their root and each stage).  Remote workdirs
+may take a lock it holds again (pipelines lock their root and each stage).  In a multi-process
+job, process 0 holds it for the job.  Remote workdirs
 (``gs://``) have no atomic exclusive create: there the lock is not taken (logged once) and the
 user must not start two runs on one remote workdir.
 """
@@ -26,6 +27,7 @@ import socket
 import time
 from typing import Any, Iterable, Mapping
 
+import jax
 from absl import logging
 from etils import epath
 
@@ -217,9 +219,12 @@ class WorkdirLock:
     def __init__(self, workdir: epath.PathLike):
         self.workdir = epath.Path(workdir)
         self.path = os.path.abspath(os.fspath(self.workdir / LOCK_FILE)) if files.is_local(self.workdir) else None
+        self.active = jax.process_index() == 0  # One job, one holder.
 
     def acquire(self) -> None:
         global _warned_remote
+        if not self.active:
+            return
         if self.path is None:
             if not _warned_remote:
                 logging.warning("%s is remote: no workdir lock (start only one run on it at a time).", self.workdir)
@@ -270,7 +275,7 @@ class WorkdirLock:
             pass
 
     def release(self) -> None:
-        if self.path is None or not _held[self.path]:
+        if not self.active or self.path is None or not _held[self.path]:
             return
         _held[self.path] -= 1
         if not _held[self.path]:

@@ -430,3 +430,13 @@ def test_finetune_writes_the_teacher_where_every_reader_looks(tmp_path, monkeypa
     monkeypatch.setattr(teacher_lib, "pretrained_teacher", lambda config, names=(): "pretrained")
     teacher_lib.load_teacher(config, (), layout)
     assert written["read"] == written["save_to"]
+
+
+@pytest.mark.parametrize("subset", ["first", "random"])
+@pytest.mark.parametrize("num_examples", [0, -5], ids=["zero", "negative"])
+def test_a_training_set_of_no_examples_is_refused(subset, num_examples):
+    config = ltosc_fmnist.get_config()
+    config.data.name, config.data.subset, config.data.num_train_examples = "synthetic", subset, num_examples
+    message = r"data.num_train_examples must be a whole number >= 1|num_examples=-?\d+: .* ask for an int"
+    with pytest.raises(ValueError, match=message):
+        inputs.train_source(config)
