@@ -28,6 +28,9 @@ def parse(*args, config=RKDSC, workdir="runs/x"):
     """``python -m experiments.main [--config] [--workdir] ARGS`` as the entry point parses it."""
     argv = ["experiments.main", *([f"--config={config}"] if config else []),
             *([f"--workdir={workdir}"] if workdir else []), *args]
+    # ml_collections loads every config file as module "config_config" with the deprecated
+    # load_module(), which re-executes into the previous file's module: start from none.
+    sys.modules.pop("config_config", None)
     flag_values = flags.FlagValues()
     main.define_flags(flag_values, sys_argv=argv)
     main.parse_command_line(argv, flag_values)

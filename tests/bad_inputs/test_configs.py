@@ -267,7 +267,8 @@ def test_the_same_check_passes_a_valid_change(shipped):
     validate.validate(study)
 
 
-def test_suspicious_but_legal_values_warn_once(shipped, caplog):
+def test_suspicious_but_legal_values_warn_once(shipped, caplog, monkeypatch):
+    monkeypatch.setattr(validate, "_WARNED", set())  # Earlier tests may have said them already.
     config = _with(shipped, "ltosc_fmnist", {"store.top_k": 10, "objective.snr_range": (-5.0, 90.0)})
     validate.validate(config)
     validate.validate(config)
