@@ -1,0 +1,114 @@
+"""Issue 19's library pieces: claim statistics and verdicts, the equal-bandwidth teacher
+baseline, and a complexity penalty that can steer the search.
+
+All cheap: hand-computed statistics, a toy linear "teacher" on synthetic features, and the
+smallest supernet of tests/test_nas.py (compiled once, module scope).
+"""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from rkdsc_jax import stats
+
+
+# --- statistics --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 9, 29, 2.5, 120])
+@pytest.mark.parametrize("p", [0.975, 0.025, 0.9, 0.995])
+def test_t_quantile_matches_scipy(p, df):
+    assert stats.t_quantile(p, df) == pytest.approx(scipy.stats.t.ppf(p, df), rel=1e-9, abs=1e-9)
+
+
+def test_mean_ci_by_hand():
+    # [1, 2, 3]: mean 2, sd 1, t_{0.975, 2} = 4.302652729749464 → 2 ± 4.3027/√3.
+    e = stats.mean_ci([1.0, 2.0, 3.0])
+    half = 4.302652729749464 / math.sqrt(3)
+    assert (e.mean, e.n, e.sd, e.df) == (2.0, 3, 1.0, 2)
+    assert e.low == pytest.approx(2 - half, rel=1e-9) and e.high == pytest.approx(2 + half, rel=1e-9)
+    one = stats.mean_ci([0.8])
+    assert one.mean == 0.8 and not one.has_ci and math.isnan(one.low)
+
+
+def test_paired_difference_uses_the_per_seed_differences():
+    a = {0: 80.0, 1: 82.0, 2: 81.0}
+    b = {2: 79.5, 0: 78.0, 1: 80.5}  # Order does not matter: paired by seed.
+    e = stats.difference(a, b)
+    d = np.array([2.0, 1.5, 1.5])
+    half = scipy.stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
+    assert e.method == "paired" and e.mean == pytest.approx(d.mean())
+    assert (e.low, e.high) == pytest.approx((d.mean() - half, d.mean() + half))
+    # Pairing removes the shared seed-to-seed spread: much narrower than Welch.
+    assert e.half_width < stats.welch_difference(list(a.values()), list(b.values())).half_width
+
+
+def test_welch_difference_matches_scipy():
+    a, b = [70.1, 72.3, 71.0, 69.8], [68.0, 71.5, 66.2]
+    e = stats.difference({0: a[0], 1: a[1], 2: a[2], 3: a[3]}, {5: b[0], 6: b[1], 7: b[2]})
+    ref = scipy.stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert e.method == "welch" and (e.low, e.high) == pytest.approx((ref.low, ref.high), rel=1e-9)
+
+
+def test_ratio_to_one_teacher_and_paired():
+    e = stats.ratio([0.84, 0.86, 0.85], 0.9)
+    ref = stats.mean_ci(np.array([0.84, 0.86, 0.85]) / 0.9)
+    assert (e.mean, e.low, e.high) == pytest.approx((ref.mean, ref.low, ref.high))
+    paired = stats.ratio({0: 0.8, 1: 0.9}, {0: 1.0, 1: 1.0})
+    assert paired.mean == pytest.approx(0.85) and paired.method == "ratio-paired"
+
+
+CLAIM = stats.Claim("KD beats no-KD at 0 dB", "difference", ">=", 0.0, paper_value=1.3, unit="points",
+                    protocol="3 seeds, 10k test images, 16 symbols")
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ({0: 81.0, 1: 82.0, 2: 81.5}, {0: 79.0, 1: 80.1, 2: 79.4}, "reproduced"),  # CI ⊂ (0, ∞)
+    ({0: 77.0, 1: 78.0, 2: 77.5}, {0: 79.0, 1: 80.1, 2: 79.4}, "not reproduced"),  # CI ⊂ (−∞, 0)
+    ({0: 80.0, 1: 79.0, 2: 81.0}, {0: 79.5, 1: 80.0, 2: 80.0}, "inconclusive"),  # CI straddles 0
+    ({0: 90.0}, {0: 10.0}, "inconclusive"),  # One seed: no CI.
+], ids=["whole-CI-supports", "whole-CI-contradicts", "CI-straddles", "one-seed"])
+def test_verdicts(a, b, expected):
+    v = stats.evaluate_claim(CLAIM, a, b)
+    assert v.verdict == expected
+    assert v.effect == pytest.approx(np.mean(list(a.values())) - np.mean(list(b.values())))
+
+
+def test_verdict_for_at_most_claims_and_thresholds():
+    smaller = stats.Claim("KDL-DARTS cells smaller than DARTS", "ratio", "<=", 1.0)
+    assert stats.evaluate_claim(smaller, {0: 1.18, 1: 1.2, 2: 1.17}, {0: 1, 1: 1, 2: 1}).verdict == "not reproduced"
+    assert stats.evaluate_claim(smaller, [0.7, 0.72, 0.71], 1.0).verdict == "reproduced"
+    keeps = stats.Claim("keeps ≥ 95.86 % of the teacher", "ratio", ">=", 0.9586, paper_value=0.9586)
+    v = stats.evaluate_claim(keeps, [0.85, 0.86, 0.84], 1.0)
+    assert v.verdict == "not reproduced" and v.margin == pytest.approx(0.85 - 0.9586)
+    by_x = stats.Claim("beats by ≥ 6.6 points", "difference", ">=", 6.6)
+    assert stats.evaluate_claim(by_x, [8.0, 8.2, 7.9], [0.0, 0.1, 0.0]).verdict == "reproduced"
+    assert stats.evaluate_claim(by_x, [3.0, 3.2, 2.9], [0.0, 0.1, 0.0]).verdict == "not reproduced"
+
+
+def test_claim_row_markdown():
+    v = stats.evaluate_claim(CLAIM, {0: 81.0, 1: 82.0, 2: 81.5}, {0: 79.0, 1: 80.1, 2: 79.4})
+    row = stats.claim_row(v)
+    assert row.startswith("| KD beats no-KD at 0 dB | 1.3 points | 2.00 ± ")
+    assert "| A − B ≥ 0 points | **reproduced** | 3 | 3 seeds, 10k test images, 16 symbols |" in row
+    table = stats.claim_table([v])
+    assert table.splitlines()[0].count("|") == table.splitlines()[2].count("|")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: stats.mean_ci([]), "values is empty; pass one value per seed"),
+    (lambda: stats.mean_ci([1.0, float("nan")]), "values contains nan at index 1; pass finite"),
+    (lambda: stats.paired_difference([1, 2], [1, 2, 3]), "one value per shared seed.*welch_difference"),
+    (lambda: stats.ratio([1.0], 0.0), "non-zero denominator"),
+    (lambda: stats.Claim("x", "difference", ">"), "direction must be one of"),
+    (lambda: stats.Claim("x", "mean"), "quantity must be one of"),
+    (lambda: stats.evaluate_claim(CLAIM, [1.0, 2.0]), "pass the second arm as b"),
+    (lambda: stats.mean_ci([1.0, 2.0], confidence=95), "confidence must lie in"),
+    (lambda: stats.t_quantile(0.975, 0), "df > 0"),
+], ids=["empty", "nan", "unpaired-lengths", "zero-denominator", "bad-direction", "bad-quantity",
+        "missing-arm", "confidence-percent", "zero-df"])
+def test_stats_refuse_bad_inputs(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
