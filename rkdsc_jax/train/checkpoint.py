@@ -25,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 from rkdsc_jax import files
 
@@ -84,8 +85,9 @@ class Checkpointer:
         self._async_save = async_save
         self._saving: int | None = None  # The step whose save is in flight.
         self._status: dict[int, tuple[str, str]] = {}  # step → (ok|unverified|damaged|stray, why)
+        self._warned: set[int] = set()
         if not read_only and jax.process_index() == 0 and self.directory.is_dir():
-            files.remove_temporaries(self.directory)
+            self._remove_leftovers()
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -97,6 +99,17 @@ class Checkpointer:
             ),
             item_handlers={"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()},
         )
+
+    def _remove_leftovers(self) -> None:
+        """Killed writes' leftovers, now (Orbax's own clean-up of its temporary steps runs in
+        the background, and only ``cleanup_tmp_directories`` on object stores needs it)."""
+        removed = files.remove_temporaries(self.directory)
+        for path in self.directory.iterdir():
+            if ocp.step.TMP_DIR_SUFFIX in path.name and path.is_dir():
+                path.rmtree()
+                removed.append(path.name)
+        if removed:
+            logging.warning("Removed %s from %s: left by a killed write.", ", ".join(sorted(removed)), self.directory)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -163,23 +176,34 @@ class Checkpointer:
 
     def _scan(self) -> tuple[int | None, list[tuple[int, str]]]:
         """The newest usable step and the damaged steps newer than it; strays are removed."""
-        damaged = []
+        damaged, strays = [], []
+        newest = None
         for step in sorted(self.manager.all_steps(), reverse=True):
             status, why = self.check_step(step)
             if status == "stray":
                 logging.warning("Ignoring checkpoint directory %s: %s, not a checkpoint.", self.directory / str(step),
                                 why)
-                if jax.process_index() == 0:
-                    (self.directory / str(step)).rmdir()
-                continue
-            if status == "damaged":
+                strays.append(step)
+            elif status == "damaged":
                 damaged.append((step, why))
-                continue
-            if status == "unverified":
-                logging.warning("Checkpoint step %d in %s has no checksums (%s); using it unverified.", step,
-                                self.directory, why)
-            return step, damaged
-        return None, damaged
+            else:
+                if status == "unverified":
+                    self._warn_unverified(step, why)
+                newest = step
+                break
+        if strays:
+            if jax.process_index() == 0:
+                for step in strays:
+                    (self.directory / str(step)).rmdir()
+                    self._status.pop(step, None)
+            self._sync_and_reload()
+        return newest, damaged
+
+    def _warn_unverified(self, step: int, why: str) -> None:
+        if step not in self._warned:
+            self._warned.add(step)
+            logging.warning("Checkpoint step %d in %s has no checksums (%s); using it unverified.", step,
+                            self.directory, why)
 
     def latest_step(self) -> int | None:
         """The newest intact step (damaged newer ones are moved aside with a warning), or None
@@ -197,8 +221,14 @@ class Checkpointer:
             logging.warning("Checkpoint step %d in %s is damaged (%s); moved it to %s and falling back to step %d, "
                             "the newest intact one.", bad, self.directory, why, aside.name, step)
         if damaged:
-            self.manager.reload()
+            self._sync_and_reload()
         return step
+
+    def _sync_and_reload(self) -> None:
+        """After moving step directories: every process sees it before Orbax lists steps again."""
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices("rkdsc_jax.checkpoint.moved_steps")
+        self.manager.reload()
 
     def _quarantine(self, step: int) -> epath.Path:
         """Moves a damaged step out of Orbax's sight (kept for inspection), so the run can
@@ -298,8 +328,7 @@ class Checkpointer:
                 raise CheckpointDamagedError(f"The newest checkpoint, step {step} in {self.directory}, is damaged "
                                              f"({why}); {hint}.")
             if status == "unverified":
-                logging.warning("Checkpoint step %d in %s has no checksums (%s); using it unverified.", step,
-                                self.directory, why)
+                self._warn_unverified(step, why)
         else:
             step = self._restorable(step, "variables")
         # Onto this process's first device, whatever mesh the run was saved from.

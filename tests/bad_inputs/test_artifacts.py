@@ -136,10 +136,14 @@ def test_restore_variables_refuses_a_damaged_final_step_instead_of_exporting_an_
 
 def test_stray_empty_step_directory_does_not_block_resume(checkpoints, caplog):
     (checkpoints / "32").mkdir()
+    checkpointer = train.Checkpointer(str(checkpoints))
     with caplog.at_level(logging.WARNING):
-        assert train.Checkpointer(str(checkpoints)).latest_step() == 24
+        assert checkpointer.latest_step() == 24
     assert any("Ignoring checkpoint directory" in r.getMessage() and "empty" in r.getMessage() for r in caplog.records)
     assert not (checkpoints / "32").exists()
+    checkpointer.save(32, _state(32))  # The run can write that step.
+    checkpointer.close()
+    assert train.Checkpointer(str(checkpoints)).latest_step() == 32
 
 
 def test_step_without_checksums_is_used_with_a_warning(checkpoints, caplog):
