@@ -101,8 +101,9 @@ class Checkpointer:
         )
 
     def _remove_leftovers(self) -> None:
-        """Killed writes' leftovers, now (Orbax's own clean-up of its temporary steps runs in
-        the background, and only ``cleanup_tmp_directories`` on object stores needs it)."""
+        """Removes killed writes' leftovers before anything lists the directory (Orbax's own
+        ``cleanup_tmp_directories`` runs in the background, and a test or a reader could
+        see them meanwhile)."""
         removed = files.remove_temporaries(self.directory)
         for path in self.directory.iterdir():
             if ocp.step.TMP_DIR_SUFFIX in path.name and path.is_dir():
