@@ -156,6 +156,11 @@ def _study_config(vit_dir):
 
 def test_study_runs_every_stage_writes_the_report_and_resumes(tmp_path, monkeypatch, tiny_vit_dir):
     config = _study_config(tiny_vit_dir)
+    # A study on a subset: the FDM ablation (stage 6) once crashed on it, comparing the store with the whole
+    # split; the size sweep's smaller point is a nested subset the store covers.
+    config.data.num_train_examples = 384
+    config.study.train_sizes = (256, 512)
+    config.study.size_methods = ("l_tosc_kd",)
     workdir = str(tmp_path / "study")
     results = ltosc.study(config, workdir)
 
@@ -167,13 +172,15 @@ def test_study_runs_every_stage_writes_the_report_and_resumes(tmp_path, monkeypa
     teacher = json.load(open(os.path.join(workdir, "teacher", "summary.json")))
     assert teacher["eval"]["accuracy"] > 0.5  # 10 synthetic classes: chance is 0.1.
     ablation = results["fdm_ablation"]
-    assert ablation["storage"]["records"] == 512 * 2
+    assert ablation["storage"]["records"] == 384 * 2
     assert ablation["seconds_per_step"]["l_tosc_kd"] > 0 and ablation["speedup"] > 0
     assert results["store_verification"]["max_abs_prob_diff"] < 1e-2
-    assert {row[1] for row in results["train_size"]["rows"]} == {512}
-    main_run = json.load(open(os.path.join(workdir, "runs", "l_tosc", "seed0", "summary.json")))
-    reused = json.load(open(os.path.join(workdir, "runs", "size512", "l_tosc", "summary.json")))
-    assert reused == main_run
+    assert {row[1] for row in results["train_size"]["rows"]} == {256, 512}
+    main_run = json.load(open(os.path.join(workdir, "runs", "l_tosc_kd", "seed0", "summary.json")))
+    reused = json.load(open(os.path.join(workdir, "runs", "size512", "l_tosc_kd", "summary.json")))
+    assert reused == main_run  # 512 >= the study's 384 examples: the main run is that point.
+    subset = json.load(open(os.path.join(workdir, "runs", "size256", "l_tosc_kd", "summary.json")))
+    assert subset["num_train_examples"] == 256 and main_run["num_train_examples"] == 384
     report = open(os.path.join(workdir, "report.md")).read()
     for heading in ("Accuracy vs SNR, awgn", "FDM ablation", "training-set size", "claims"):
         assert heading in report
@@ -188,6 +195,11 @@ def test_study_runs_every_stage_writes_the_report_and_resumes(tmp_path, monkeypa
     assert spec["system"]["kind"] == "tosc" and spec["max_symbols"] == 4
     kd_run = json.load(open(os.path.join(workdir, "runs", "l_tosc_kd", "seed0", "summary.json")))
     assert spec["metadata"]["curves"] == kd_run["curves"]
+    # The export carries the run's own config and its identity.
+    kd_dir = os.path.join(workdir, "runs", "l_tosc_kd", "seed0")
+    run_config = spec.get("run_config") or spec["metadata"]["run_config"]
+    assert run_config == json.load(open(os.path.join(kd_dir, "config.json")))
+    assert spec["metadata"]["run_fingerprint"] == json.load(open(os.path.join(kd_dir, "run.json")))["fingerprint"]
 
     # A second run redoes nothing: every stage's output exists.
     def fail(*args, **kwargs):
@@ -202,6 +214,26 @@ def test_study_runs_every_stage_writes_the_report_and_resumes(tmp_path, monkeypa
         monkeypatch.setattr(module, name, fail)
     again = ltosc.study(config, workdir)
     assert again["curves"] == curves
+    monkeypatch.undo()
+
+    # Mode export with other flags rebuilds the system the run was trained as (4 symbols, not 8).
+    flags = _study_config(tiny_vit_dir)
+    flags.data.num_train_examples = 384
+    flags.model.num_symbols = 8
+    flags.export.overwrite = True
+    ltosc.export(flags, workdir)
+    assert json.load(open(os.path.join(exported, "spec.json")))["max_symbols"] == 4
+
+    # The teacher was fine-tuned again (another fingerprint): the store built from it is stale and is
+    # computed again, its old directory kept aside.
+    teacher_run = os.path.join(workdir, "teacher", "run.json")
+    record = json.load(open(teacher_run))
+    json.dump(record | {"fingerprint": "0" * 64}, open(teacher_run, "w"))
+    monkeypatch.setattr(teacher_lib, "finetune", fail)
+    monkeypatch.setattr(store, "precompute_logits", fail)
+    with pytest.raises(AssertionError, match="a finished stage ran again"):
+        ltosc.study(config, workdir)
+    assert [p for p in os.listdir(workdir) if p.startswith("logits.superseded-")]
 
 
 def test_seed_curves_are_collected_and_tabulated_with_their_spread():

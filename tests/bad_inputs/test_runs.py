@@ -440,3 +440,20 @@ def test_a_training_set_of_no_examples_is_refused(subset, num_examples):
     message = r"data.num_train_examples must be a whole number >= 1|num_examples=-?\d+: .* ask for an int"
     with pytest.raises(ValueError, match=message):
         inputs.train_source(config)
+
+
+def test_adding_seeds_or_methods_to_a_pipeline_keeps_its_finished_stages():
+    from experiments.common.layout import RunLayout
+    from experiments.configs import rkdsc_fmnist
+    from experiments.rkdsc import stages
+
+    config = rkdsc_fmnist.get_config()
+    layout = RunLayout.from_config(config, "/tmp/unused")
+    before = stages.run_identity(stages.seed_config(config, 0), layout, "rkdsc")
+    config.pipeline.seeds, config.pipeline.methods = (0, 1, 2), ("stage1", "rkdsc")
+    config.export.latency_repeats = 3
+    assert stages.run_identity(stages.seed_config(config, 0), layout, "rkdsc") == before
+    config.stage2.learning_rate = 0.5  # Control: stage 2's own field changes stage 2 ...
+    assert stages.run_identity(stages.seed_config(config, 0), layout, "rkdsc") != before
+    assert stages.run_identity(stages.seed_config(config, 0), layout, "stage1")["fields"] == stages.run_identity(
+        stages.seed_config(rkdsc_fmnist.get_config(), 0), layout, "stage1")["fields"]  # ... not stage 1.
