@@ -261,8 +261,8 @@ class TfdsSource:
             builder = tfds.builder(name, data_dir=data_dir)
         except tfds.core.registered.DatasetNotFoundError as e:
             raise ValueError(
-                f"unknown dataset {name!r}: not a local source {LOCAL_SOURCES} and TFDS has no dataset by "
-                f"that name; check the spelling (--config.data.name; TFDS names: tfds.list_builders()).") from e
+                f"TFDS has no dataset named {name!r}, nor is it a local source {LOCAL_SOURCES}; check the "
+                f"spelling (--config.data.name; TFDS names: tfds.list_builders()).") from e
         try:
             self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
         except (NotImplementedError, AssertionError, FileNotFoundError) as e:
