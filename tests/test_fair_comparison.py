@@ -112,3 +112,81 @@ def test_claim_row_markdown():
 def test_stats_refuse_bad_inputs(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# --- complexity penalty that can steer ---------------------------------------------------
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from rkdsc_jax.nas import search, search_space  # noqa: E402
+
+
+def _toy_complexity(normalization):
+    # Normal cell: 2 edges, ops (free, 1 param); reduction: (free, 9 params): reduction is 90 %.
+    tables = {"normal": np.array([[0.0, 1.0], [0.0, 1.0]]), "reduce": np.array([[0.0, 9.0], [0.0, 9.0]])}
+    return search.Complexity(tables, 20.0, normalization)
+
+
+def _heavy(types):
+    return {t: jnp.array([[0.0, 50.0]] * 2) if t in types else jnp.array([[50.0, 0.0]] * 2)
+            for t in ("normal", "reduce")}
+
+
+def test_per_cell_type_gives_normal_and_reduce_cells_equal_weight():
+    glob, per_type = _toy_complexity("global"), _toy_complexity("per_cell_type")
+    # All-heavy normal cell: 2/20 of the global C, half of the per-type C (hand-computed).
+    assert float(glob(_heavy({"normal"}))) == pytest.approx(0.1)
+    assert float(per_type(_heavy({"normal"}))) == pytest.approx(0.5)
+    assert float(per_type(_heavy({"reduce"}))) == pytest.approx(0.5)
+    assert float(per_type(_heavy({"normal", "reduce"}))) == pytest.approx(1.0)
+    uniform = {t: jnp.zeros((2, 2)) for t in ("normal", "reduce")}
+    g = jax.grad(per_type)(uniform)
+    np.testing.assert_allclose(g["normal"], g["reduce"], rtol=1e-6)  # Equal pull on both cells.
+    g_old = jax.grad(glob)(uniform)
+    np.testing.assert_allclose(g_old["reduce"], 9 * g_old["normal"], rtol=1e-6)  # The old 9:1.
+    assert per_type.uniform_value() == pytest.approx(0.5)
+    assert per_type.expected_params(uniform) == pytest.approx(glob.expected_params(uniform)) == pytest.approx(10.0)
+
+
+def test_per_edge_is_the_mean_of_per_edge_fractions():
+    tables = {"normal": np.array([[0.0, 2.0, 4.0], [0.0, 0.0, 0.0]]), "reduce": np.array([[1.0, 1.0, 3.0], [0, 5.0, 10.0]])}
+    cx = search.Complexity(tables, 17.0, "per_edge")
+    uniform = {t: jnp.zeros((2, 3)) for t in tables}
+    # The all-free normal edge is left out: mean of (6/12, 5/9, 15/30) over 3 edges.
+    assert float(cx(uniform)) == pytest.approx((0.5 + 5 / 9 + 0.5) / 3, rel=1e-6)
+    assert cx.uniform_value() == pytest.approx((0.5 + 5 / 9 + 0.5) / 3)
+    with pytest.raises(ValueError, match="normalization must be one of .*got 'edge'"):
+        search.Complexity(tables, 17.0, "edge")
+
+
+def test_default_complexity_is_unchanged():
+    model = search_space.SearchNetwork(10, channels=4, layers=3, steps=1, multiplier=1,
+                                       primitives=("none", "skip_connect", "sep_conv_3x3"))
+    cx = search.Complexity.for_model(model)
+    arch = {t: jax.random.normal(jax.random.PRNGKey(i), (2, 3)) for i, t in enumerate(("normal", "reduce"))}
+    expected = sum(float(jnp.sum(jax.nn.softmax(arch[t]) * cx.tables[t])) for t in arch) / cx.denominator
+    assert cx.normalization == "global" and float(cx(arch)) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def reference_supernet_gradients():
+    """The CE's α-gradient at initialisation on a 3-cell supernet (one normal, two reduction
+    cells; 1 node, 3 ops, 4 channels: the smallest with both cell types, ~20 s to compile)."""
+    from benchmarks import penalty_scale
+
+    model = search_space.SearchNetwork(10, channels=4, layers=3, steps=1, multiplier=1,
+                                       primitives=("none", "skip_connect", "sep_conv_3x3"))
+    arch, ce_grad = penalty_scale.ce_arch_gradient(model, seed=0, batch_size=8)
+    return model, penalty_scale.gradient_ratios(model, arch, ce_grad, mu=1.0)
+
+
+def test_normalised_penalty_gradient_is_within_an_order_of_magnitude_of_the_ce(reference_supernet_gradients):
+    _, ratios = reference_supernet_gradients
+    for normalization in ("per_cell_type", "per_edge"):  # μ = 1, the docstring's recommendation.
+        for cell_type in ("normal", "reduce", "all"):
+            assert 0.1 <= ratios[normalization][cell_type] <= 10, (normalization, cell_type, ratios)
+    # The normal cell is steered: the old normalisation pulled on it > 3× less.
+    assert ratios["per_cell_type"]["normal"] > 3 * ratios["global"]["normal"]
+    # At the old μ = 0.1 the old penalty's pull on the normal cell is < 1/10 of the CE's.
+    assert 0.1 * ratios["global"]["normal"] < 0.1

@@ -143,19 +143,52 @@ def create_search_state(model: SearchNetwork, w_tx: WeightOptimizer | optax.Grad
 # --- Complexity penalty -------------------------------------------------------------------
 
 
+NORMALIZATIONS = ("global", "per_cell_type", "per_edge")
+
+
 @dataclasses.dataclass(frozen=True)
 class Complexity:
-    """C(α) = Σ_cells Σ_edges Σ_o softmax(α_type)_o · params(o) / Σ_cells Σ_edges max_o params(o).
+    """C(α), the expected parameter count of the cells' edges under softmax(α), normalised.
 
     ``tables[type][e, o]`` sums params(o) on edge e over all cells of that type (at each
-    cell's width and edge stride); ``denominator`` is Σ_type Σ_e max_o tables[type][e, o].
+    cell's width and edge stride).  ``normalization`` says what C(α) is divided by, and so
+    what μ in L_val + μ·C(α) means (SPEC §4.1):
+
+    - ``"global"`` (default, SPEC's formula): Σ_type Σ_e Σ_o p_o·tables / Σ_type Σ_e max_o tables.
+      C ∈ [0, 1] is the fraction of the largest possible cell parameters.  The widest cells
+      dominate: in the 3-cell search of paper A's pipeline the two reduction cells (2C and
+      4C wide) hold ~90 % of the denominator, so the normal cell's α is almost unpenalised
+      (in the 8-cell, 16-channel supernet the six normal cells hold 69 %).
+    - ``"per_cell_type"``: the mean over cell types of each type's own global C, so the normal
+      and the reduction cell weigh the same (each type's C ∈ [0, 1]).  μ = the loss, in nats,
+      of filling *every* edge of both cell types with its largest op instead of a free one.
+    - ``"per_edge"``: the mean over all edges of both types of Σ_o p_o·params(o)/max_o params(o);
+      each edge weighs 1/E (E = 2 × edges per cell; edges whose ops are all free are left out).
+      C ∈ [0, 1]; under uniform α, C = mean over edges of mean_o params(o)/max_o params(o)
+      (``uniform_value``).  μ/E is the loss of one edge's largest op against a free op,
+      whatever the edge's width or stride (E depends only on the nodes per cell).
+
+    Recommended with "per_cell_type" or "per_edge": μ ≈ 1 (0.5 to 3).  At initialisation the
+    RMS α-gradient of 1·C is then 0.2 to 1.8 times the cross-entropy's in *each* cell type of
+    the small reference supernets (3 cells, 1 or 2 nodes; ``benchmarks/penalty_scale.py``),
+    where "global" pulls on the normal cell 3 to 9 times less than on the reduction cell.
+    μ = 0.1 stays a light touch (~2 % to 20 % of the CE's pull).  The CE's gradient scale
+    depends on the network and on training, so report the measured ratio with a μ sweep.
+    ``denominator`` is the global one in every mode; ``expected_params`` is un-normalised.
     """
 
     tables: Mapping[str, np.ndarray]
     denominator: float
+    normalization: str = "global"
+
+    def __post_init__(self):
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"Complexity normalization must be one of {NORMALIZATIONS}, "
+                             f"got {self.normalization!r}.")
 
     @classmethod
-    def for_model(cls, model: SearchNetwork, count_bn_affine: bool = True) -> "Complexity":
+    def for_model(cls, model: SearchNetwork, count_bn_affine: bool = True,
+                  normalization: str = "global") -> "Complexity":
         num_ops = len(model.primitives)
         edges = edge_inputs(model.steps)
         tables = {t: np.zeros((len(edges), num_ops), np.float64) for t in CELL_TYPES}
@@ -168,18 +201,46 @@ class Complexity:
         denominator = float(sum(t.max(axis=1).sum() for t in tables.values()))
         if denominator <= 0:
             raise ValueError("Every candidate op is parameter-free; the complexity penalty is undefined.")
-        return cls(tables, denominator)
+        return cls(tables, denominator, normalization)
+
+    def _scaled_tables(self) -> dict[str, np.ndarray]:
+        """tables divided so that C(α) = Σ_type Σ_e Σ_o p_o · scaled[type][e, o]."""
+        if self.normalization == "global":
+            return {t: self.tables[t] / self.denominator for t in CELL_TYPES}
+        if self.normalization == "per_cell_type":
+            totals = {t: self.tables[t].max(axis=1).sum() for t in CELL_TYPES}
+            used = [t for t in CELL_TYPES if totals[t] > 0]  # A 1-cell supernet has no normal cell.
+            return {t: self.tables[t] / (totals[t] * len(used)) if totals[t] > 0 else 0 * self.tables[t]
+                    for t in CELL_TYPES}
+        maxima = {t: self.tables[t].max(axis=1, keepdims=True) for t in CELL_TYPES}
+        count = sum(int((m > 0).sum()) for m in maxima.values())
+        return {t: np.divide(self.tables[t], maxima[t] * count, out=np.zeros_like(self.tables[t]),
+                             where=maxima[t] > 0) for t in CELL_TYPES}
 
     def __call__(self, arch: Mapping[str, jax.Array]) -> jax.Array:
+        if self.normalization == "global":  # Kept bit for bit as before the option existed.
+            total = 0.0
+            for t in CELL_TYPES:
+                weights = jax.nn.softmax(arch[t], axis=-1)
+                total = total + jnp.sum(weights * jnp.asarray(self.tables[t], weights.dtype))
+            return total / self.denominator
+        scaled = self._scaled_tables()
         total = 0.0
         for t in CELL_TYPES:
             weights = jax.nn.softmax(arch[t], axis=-1)
-            total = total + jnp.sum(weights * jnp.asarray(self.tables[t], weights.dtype))
-        return total / self.denominator
+            total = total + jnp.sum(weights * jnp.asarray(scaled[t], weights.dtype))
+        return total
+
+    def uniform_value(self) -> float:
+        """C under uniform α (every op equally likely): where the search starts."""
+        return float(sum(s.mean(axis=1).sum() for s in self._scaled_tables().values()))
 
     def expected_params(self, arch) -> float:
         """The expected parameter count of all cell edges (un-normalised C(α))."""
-        return float(self(arch)) * self.denominator
+        if self.normalization == "global":
+            return float(self(arch)) * self.denominator
+        return float(sum(jnp.sum(jax.nn.softmax(arch[t], axis=-1) * jnp.asarray(self.tables[t], jnp.float32))
+                         for t in CELL_TYPES))
 
 
 # --- Loss and step ------------------------------------------------------------------------
