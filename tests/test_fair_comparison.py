@@ -190,3 +190,125 @@ def test_normalised_penalty_gradient_is_within_an_order_of_magnitude_of_the_ce(r
     assert ratios["per_cell_type"]["normal"] > 3 * ratios["global"]["normal"]
     # At the old μ = 0.1 the old penalty's pull on the normal cell is < 1/10 of the CE's.
     assert 0.1 * ratios["global"]["normal"] < 0.1
+
+
+# --- equal-bandwidth teacher baseline ----------------------------------------------------
+
+import dataclasses  # noqa: E402
+import functools  # noqa: E402
+
+from rkdsc_jax import channels  # noqa: E402
+from rkdsc_jax.distill import bandwidth  # noqa: E402
+
+D, CLASSES = 16, 4
+
+
+def _head(params, x):
+    return x @ params["w"] + params["b"]
+
+
+@pytest.fixture(scope="module")
+def toy_teacher():
+    """Linearly separable 'teacher features' (4 class means in R^16 + noise) and a
+    nearest-mean linear head: logits = f·m_c − ‖m_c‖²/2."""
+    rng = np.random.default_rng(0)
+    means = 3.0 * rng.normal(size=(CLASSES, D))
+    labels = rng.integers(0, CLASSES, 2000)
+    features = (means[labels] + 0.5 * rng.normal(size=(2000, D))).astype(np.float32)
+    head = {"w": jnp.asarray(means.T, jnp.float32), "b": jnp.asarray(-0.5 * (means ** 2).sum(1), jnp.float32)}
+    return features, labels.astype(np.int32), head
+
+
+def _accuracy(codec, head, features, labels, snr_db, kind="awgn", key=0):
+    logits = bandwidth.codec_logits({"codec": codec, "head": head}, jnp.asarray(features), jnp.float32(snr_db),
+                                    jax.random.PRNGKey(key), head_fn=_head, kind=kind,
+                                    channel=channels.ChannelSpec())
+    return float(jnp.mean(jnp.argmax(logits, -1) == labels))
+
+
+@pytest.mark.parametrize("num_symbols", [1, 3, 8])
+def test_equal_bandwidth_sends_exactly_num_symbols_at_unit_power(toy_teacher, num_symbols):
+    features, _, head = toy_teacher
+    codec = bandwidth.fit_pca_codec(features[:500], num_symbols)
+    symbols = bandwidth.channel_symbols(codec, jnp.asarray(features[:64]))
+    assert symbols.shape == (64, num_symbols) and jnp.iscomplexobj(symbols)
+    np.testing.assert_allclose(np.mean(np.abs(np.asarray(symbols)) ** 2, axis=1), 1.0, rtol=1e-5)
+    # What the channel is given: exactly 2k reals per image, i.e. k complex uses.
+    sent = []
+
+    @dataclasses.dataclass(frozen=True)
+    class Spy(channels.ChannelSpec):
+        def transmit(self, key, x, snr_db, kind, mask=None, return_h=False):
+            sent.append(x.shape)
+            return super().transmit(key, x, snr_db, kind, mask, return_h)
+
+    bandwidth.over_channel(codec, jnp.asarray(features[:64]), jax.random.PRNGKey(0), 10.0, kind="rayleigh",
+                           channel=Spy())
+    assert sent == [(64, 2 * num_symbols)]
+
+
+def test_pca_reconstruction_error_is_the_sum_of_discarded_eigenvalues(toy_teacher):
+    features = toy_teacher[0].astype(np.float64)
+    codec, eigenvalues = bandwidth.fit_pca_codec(features, 3, return_eigenvalues=True)
+    reference = np.sort(np.linalg.eigvalsh(np.cov(features.T, bias=True)))[::-1]
+    np.testing.assert_allclose(eigenvalues, reference, rtol=1e-6, atol=1e-9)
+    decoded = bandwidth.over_channel(codec, jnp.asarray(features, jnp.float32), None, 0.0, kind="none",
+                                     channel=channels.ChannelSpec())
+    error = np.mean(np.sum((np.asarray(decoded, np.float64) - features) ** 2, axis=1))
+    assert error == pytest.approx(reference[6:].sum(), rel=1e-3)
+
+
+def test_full_rank_pca_at_very_high_snr_reproduces_the_teachers_logits(toy_teacher):
+    features, _, head = toy_teacher
+    codec = bandwidth.fit_pca_codec(features, D // 2)
+    params = {"codec": codec, "head": head}
+    for kind in ("awgn", "rayleigh"):
+        logits = bandwidth.codec_logits(params, jnp.asarray(features[:256]), jnp.float32(300.0),
+                                        jax.random.PRNGKey(1), head_fn=_head, kind=kind,
+                                        channel=channels.ChannelSpec())
+        np.testing.assert_allclose(logits, _head(head, features[:256]), rtol=1e-3, atol=1e-2)
+
+
+def test_accuracy_rises_with_snr_and_the_trained_codec_learns(toy_teacher):
+    features, labels, head = toy_teacher
+    codec = bandwidth.fit_pca_codec(features[:1000], 1)
+    test_x, test_y = features[1000:], labels[1000:]
+    curve = [_accuracy(codec, head, test_x, test_y, s) for s in (-10.0, 0.0, 10.0, 30.0)]
+    assert all(b >= a - 0.02 for a, b in zip(curve, curve[1:])), curve
+    assert curve[-1] > curve[0] + 0.2 and curve[-1] > 0.9, curve
+    trained, history = bandwidth.train_linear_codec(features[:1000], labels[:1000], _head, head, 1, steps=60,
+                                                    batch_size=128, learning_rate=3e-3, snr_range=(-10.0, 10.0))
+    assert np.mean(history[-10:]) < np.mean(history[:10])
+    assert _accuracy(trained, head, test_x, test_y, 0.0) >= curve[1] - 0.02
+
+
+def test_equal_bandwidth_eval_step_counts_like_the_teacher_reference(toy_teacher):
+    features, labels, head = toy_teacher
+    codec = bandwidth.fit_pca_codec(features, D // 2)
+    batch = {"image": jnp.asarray(features[:32]), "label": jnp.asarray(labels[:32]),
+             "index": jnp.arange(32), "mask": jnp.ones(32).at[30:].set(0)}
+    step = jax.jit(functools.partial(bandwidth.equal_bandwidth_eval_step, feature_fn=lambda p, im: im,
+                                     head_fn=_head, kind="awgn"))
+    sums = step({"network": {}, "head": head, "codec": codec}, batch, jnp.float32(300.0), jax.random.PRNGKey(0))
+    expected = np.sum((np.argmax(_head(head, features[:30]), -1) == labels[:30]))
+    assert int(sums["count"]) == 30 and int(sums["accuracy"]) == expected
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda f: bandwidth.fit_pca_codec(f, 0), "num_symbols must be >= 1"),
+    (lambda f: bandwidth.fit_pca_codec(f, 9), "2·9 = 18 reals but the teacher has only D = 16 .*cannot add "
+                                              "information. Use num_symbols <= 8"),
+    (lambda f: bandwidth.fit_pca_codec(f, 2.5), "whole number of complex symbols"),
+    (lambda f: bandwidth.fit_pca_codec(f.at[3, 2].set(np.nan) if hasattr(f, "at") else
+                                       np.where(np.arange(f.size).reshape(f.shape) == 50, np.nan, f), 2),
+     "contains nan at row 3; pass finite"),
+    (lambda f: bandwidth.fit_pca_codec(f[0], 2), r"must be \(N, D\)"),
+    (lambda f: bandwidth.LinearCodec(9, 16).init(jax.random.PRNGKey(0), f[:1]), "cannot add information"),
+    (lambda f: bandwidth.over_channel(bandwidth.fit_pca_codec(f, 2), f[:2], None, 0.0, kind="none",
+                                      channel=channels.ChannelSpec(), side_info="header"), "side_info must be one of"),
+    (lambda f: bandwidth.train_linear_codec(f, np.zeros(5, np.int32), _head, {}, 2), r"labels must be \(N,\)"),
+], ids=["zero-symbols", "more-reals-than-features", "fractional-symbols", "nan-features", "one-vector",
+        "module-too-many-symbols", "bad-side-info", "labels-mismatch"])
+def test_equal_bandwidth_refuses_bad_inputs(toy_teacher, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(toy_teacher[0][:200])
