@@ -267,3 +267,10 @@ def test_checkify_mode_checks_values_inside_jit(exports):
         tx.transmit(_images(255.0), 5.0, num_symbols=12)
     with pytest.raises(checkify.JaxRuntimeError, match="snr_db contains NaN or inf"):
         tx.transmit(_images(), float("nan"), num_symbols=12)
+
+
+def test_checkify_mode_catches_non_finite_outputs_of_damaged_weights(exports):
+    rx = deploy.load_receiver(str(exports / "rkdsc"), checks="checkify")
+    rx.variables = jax.tree.map(lambda x: x * np.nan, rx.variables)  # Weights damaged in memory.
+    with pytest.raises(checkify.JaxRuntimeError, match="the logits are not finite: the weights may be damaged"):
+        rx.receive(_received(), PREFIX_12, 5.0)
