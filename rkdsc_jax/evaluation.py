@@ -143,3 +143,42 @@ def curves_table(curves: Curves, kind: str, snrs: Sequence[str]) -> str:
             row.append(f"{100 * mean:.2f} ± {100 * std:.2f}" if len(values) > 1 else f"{100 * mean:.2f}")
         rows.append(row)
     return markdown_table(["method", *[f"{s} dB" for s in snrs]], rows)
+
+
+def curves_ci_table(curves: Curves, kind: str, snrs: Sequence[str], confidence: float = 0.95) -> str:
+    """Methods × SNRs, 'mean ± CI half-width' in percent (Student t over seeds, ``stats.mean_ci``);
+    a single seed shows its value and '(n=1)'."""
+    from rkdsc_jax import stats
+
+    rows = []
+    for method, by_kind in curves.items():
+        if kind not in by_kind:
+            continue
+        row = [method]
+        for snr in snrs:
+            values = by_kind[kind].get(snr)
+            if not values:
+                row.append("—")
+                continue
+            e = stats.mean_ci(values, confidence)
+            row.append(f"{100 * e.mean:.2f} ± {100 * e.half_width:.2f}" if e.has_ci else f"{100 * e.mean:.2f} (n=1)")
+        rows.append(row)
+    return markdown_table(["method", *[f"{s} dB (±{100 * confidence:g} % CI)" for s in snrs]], rows)
+
+
+def curve_differences(curves: Curves, method_a: str, method_b: str, kind: str, snrs: Sequence[str],
+                      confidence: float = 0.95) -> dict:
+    """{snr: stats.Estimate of accuracy(a) − accuracy(b) in points}, paired over seeds.
+
+    ``collect_seeds`` lists each arm's accuracies in seed order, so two arms run with the
+    same seeds are paired position by position; arms with different seed counts use Welch.
+    """
+    from rkdsc_jax import stats
+
+    out = {}
+    for snr in snrs:
+        a, b = curves[method_a][kind][snr], curves[method_b][kind][snr]
+        a, b = [100 * v for v in a], [100 * v for v in b]
+        out[snr] = (stats.paired_difference(a, b, confidence) if len(a) == len(b)
+                    else stats.welch_difference(a, b, confidence))
+    return out

@@ -169,10 +169,10 @@ class Complexity:
       whatever the edge's width or stride (E depends only on the nodes per cell).
 
     Recommended with "per_cell_type" or "per_edge": μ ≈ 1 (0.5 to 3).  At initialisation the
-    RMS α-gradient of 1·C is then 0.2 to 1.8 times the cross-entropy's in *each* cell type of
+    RMS α-gradient of 1·C is then 0.3 to 1.8 times the cross-entropy's in *each* cell type of
     the small reference supernets (3 cells, 1 or 2 nodes; ``benchmarks/penalty_scale.py``),
     where "global" pulls on the normal cell 3 to 9 times less than on the reduction cell.
-    μ = 0.1 stays a light touch (~2 % to 20 % of the CE's pull).  The CE's gradient scale
+    μ = 0.1 stays a light touch (3 % to 18 % of the CE's pull).  The CE's gradient scale
     depends on the network and on training, so report the measured ratio with a μ sweep.
     ``denominator`` is the global one in every mode; ``expected_params`` is un-normalised.
     """
