@@ -1,7 +1,7 @@
 """How hard can μ·C(α) pull on α?  Per-element α-gradient of μ·C against the CE's, at init.
 
     python -m benchmarks.penalty_scale [--layers=1,3] [--channels=4] [--steps=2] [--ops=small|all]
-        [--batch_size=16] [--mu=0.1] [--seeds=0,1,2]
+        [--batch_size=16] [--image_size=8] [--mu=0.1] [--seeds=0,1,2]
 
 For each supernet and each ``Complexity`` normalisation: the RMS over α's elements (per cell
 type and over both) of ∇_α μ·C(α) divided by that of ∇_α CE(w, α) on a random batch at
@@ -73,6 +73,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--ops", choices=("small", "all"), default="small")
     parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--image_size", type=int, default=8)
     parser.add_argument("--mu", type=float, default=0.1)
     parser.add_argument("--seeds", default="0,1,2")
     args = parser.parse_args(argv)
@@ -83,7 +84,7 @@ def main(argv=None):
                                            multiplier=args.steps, primitives=primitives)
         per_seed = []
         for seed in [int(x) for x in args.seeds.split(",")]:
-            arch, ce_grad = ce_arch_gradient(model, seed, args.batch_size)
+            arch, ce_grad = ce_arch_gradient(model, seed, args.batch_size, args.image_size)
             per_seed.append(gradient_ratios(model, arch, ce_grad, args.mu))
         name = f"layers={layers} channels={args.channels} steps={args.steps} ops={args.ops}"
         results[name] = {norm: {k: float(np.mean([r[norm][k] for r in per_seed])) for k in per_seed[0][norm]}

@@ -18,8 +18,8 @@ CI [low, high] of the measured quantity:
 - ``inconclusive``: otherwise, and always with fewer than 2 seeds (no CI) or a NaN.
 
 The effect size reported is the point estimate of the quantity (a difference in the
-values' unit, or a ratio), its margin over the threshold, and for differences the
-standardised effect d = mean / sd (Cohen's d_z for paired differences).
+values' unit, or a ratio), its margin over the threshold, and for values and differences
+the standardised margin = margin / sd (Cohen's d_z for a paired "A − B ≥ 0").
 """
 
 from __future__ import annotations
@@ -286,7 +286,7 @@ class Verdict:
     verdict: str
     estimate: Estimate
     margin: float  # effect − threshold, signed so that > 0 supports the claim
-    standardized: float  # mean / sd (d_z); NaN for ratios or without a spread
+    standardized: float  # margin / sd (for "A − B ≥ 0": Cohen's d_z); NaN for ratios or sd = 0
 
     @property
     def effect(self) -> float:
@@ -302,7 +302,7 @@ def verdict(claim: Claim, estimate: Estimate) -> Verdict:
     """reproduced / not reproduced / inconclusive by the rule of the module docstring."""
     sign = 1.0 if claim.direction == ">=" else -1.0
     margin = sign * (estimate.mean - claim.threshold)
-    standardized = (estimate.mean / estimate.sd if claim.quantity != "ratio" and estimate.sd
+    standardized = (margin / estimate.sd if claim.quantity != "ratio" and estimate.sd
                     and math.isfinite(estimate.sd) else math.nan)
     if not estimate.has_ci or math.isnan(estimate.mean):
         result = INCONCLUSIVE

@@ -243,6 +243,9 @@ def train_linear_codec(features, labels, head_fn: Callable, head_params, num_sym
     codec = dict(init) if init is not None else fit_pca_codec(x, num_symbols)
     if codec_num_symbols(codec) != check_num_symbols(num_symbols, x.shape[1]):
         raise ValueError(f"init has {codec_num_symbols(codec)} symbols, not num_symbols={num_symbols}.")
+    if "scale" not in codec:  # E.g. LinearCodec(...).init(...)["params"]: side_info="none" needs it.
+        z = np.asarray(encode(codec, jnp.asarray(x, jnp.float32)))
+        codec["scale"] = jnp.asarray(np.mean(np.sqrt(np.mean(z ** 2, axis=1))), jnp.float32)
     tx = optax.adam(learning_rate)
     opt_state = tx.init({"encoder": codec["encoder"], "decoder": codec["decoder"]})
     step = make_codec_train_step(head_fn, tx, snr_range=snr_range, kinds=kinds, channel=channel,
