@@ -14,8 +14,9 @@ Loss (KDL, SPEC §4.1), with ``lam`` = λ, ``temperature`` = τ, ``mu`` = μ::
 C(α) is ``Complexity``: the expected parameter count of the cells' edges over
 softmax(α), summed over *every cell of the supernet* at its own width and stride
 (α is shared by cells of a type), divided by the same sum with the largest op on every
-edge, so 0 ≤ C ≤ 1.  Parameter counts come from the op modules themselves
-(``ops.op_param_count``) with BN scale and bias counted (``count_bn_affine=True``): the
+edge, so 0 ≤ C ≤ 1 (``Complexity.for_model(..., normalization="per_cell_type")`` weighs
+the normal and the reduction cell equally instead; see ``Complexity``).  Parameter counts
+come from the op modules themselves (``ops.op_param_count``) with BN scale and bias counted (``count_bn_affine=True``): the
 count the op will have in the derived, retrained network (the supernet's BN are
 non-affine; set ``count_bn_affine=False`` to count the supernet's own weights).
 
@@ -166,12 +167,15 @@ class Complexity:
       each edge weighs 1/E (E = 2 × edges per cell; edges whose ops are all free are left out).
       C ∈ [0, 1]; under uniform α, C = mean over edges of mean_o params(o)/max_o params(o)
       (``uniform_value``).  μ/E is the loss of one edge's largest op against a free op,
-      whatever the edge's width or stride (E depends only on the nodes per cell).
+      whatever the edge's width or stride (E depends only on the nodes per cell).  In the
+      DARTS space it equals "per_cell_type" (every edge's largest op is sep_conv_5x5 at its
+      cell's width); the two differ only for op sets whose largest op varies by edge.
 
     Recommended with "per_cell_type" or "per_edge": μ ≈ 1 (0.5 to 3).  At initialisation the
     RMS α-gradient of 1·C is then 0.3 to 1.8 times the cross-entropy's in *each* cell type of
-    the small reference supernets (3 cells, 1 or 2 nodes; ``benchmarks/penalty_scale.py``),
-    where "global" pulls on the normal cell 3 to 9 times less than on the reduction cell.
+    the reference supernets (3 cells, 4 channels, 1 to 4 nodes, including paper A's pipeline
+    search with all 8 ops; ``benchmarks/penalty_scale.py``), where "global" pulls on the
+    normal cell 3 to 9 times less than on the reduction cell.
     μ = 0.1 stays a light touch (3 % to 18 % of the CE's pull).  The CE's gradient scale
     depends on the network and on training, so report the measured ratio with a μ sweep.
     ``denominator`` is the global one in every mode; ``expected_params`` is un-normalised.
