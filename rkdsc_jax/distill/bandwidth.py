@@ -118,6 +118,13 @@ class LinearCodec(nn.Module):
         return self.decoder(self.encoder(features))
 
 
+def with_scale(codec, features):
+    """``codec`` with ``"scale"``, the mean RMS amplitude per real of its encoding of
+    ``features`` (N, D): what ``side_info="none"`` decodes with."""
+    z = np.asarray(encode(codec, jnp.asarray(_check_features(features), jnp.float32)), np.float64)
+    return dict(codec, scale=jnp.asarray(np.mean(np.sqrt(np.mean(z ** 2, axis=1))), jnp.float32))
+
+
 def encode(codec, features):
     """f (B, D) → z (B, 2k) reals, before power normalisation."""
     return features @ codec["encoder"]["kernel"] + codec["encoder"]["bias"]
@@ -244,8 +251,7 @@ def train_linear_codec(features, labels, head_fn: Callable, head_params, num_sym
     if codec_num_symbols(codec) != check_num_symbols(num_symbols, x.shape[1]):
         raise ValueError(f"init has {codec_num_symbols(codec)} symbols, not num_symbols={num_symbols}.")
     if "scale" not in codec:  # E.g. LinearCodec(...).init(...)["params"]: side_info="none" needs it.
-        z = np.asarray(encode(codec, jnp.asarray(x, jnp.float32)))
-        codec["scale"] = jnp.asarray(np.mean(np.sqrt(np.mean(z ** 2, axis=1))), jnp.float32)
+        codec = with_scale(codec, x)
     tx = optax.adam(learning_rate)
     opt_state = tx.init({"encoder": codec["encoder"], "decoder": codec["decoder"]})
     step = make_codec_train_step(head_fn, tx, snr_range=snr_range, kinds=kinds, channel=channel,
