@@ -162,6 +162,24 @@ def test_pipeline_runs_every_stage_resumes_after_a_kill_and_reports(tmp_path, mo
         again = rkdsc.pipeline(config, workdir)
     assert again["curves"] == curves
 
+    # The export carries the config its run recorded.
+    spec = json.load(open(os.path.join(workdir, "export", "rkdsc_seed0", "spec.json")))
+    run_config = spec.get("run_config") or spec["metadata"]["run_config"]
+    assert run_config == json.load(open(os.path.join(workdir, "runs", "rkdsc", "seed0", "config.json")))
+
+    # Stage 1 was trained again (another fingerprint): stage 2, which starts from it, is stale and runs
+    # again, its old directory kept aside; stage 1 itself and the baselines stay.
+    stage1_record = os.path.join(workdir, "runs", "stage1", "seed0", "run.json")
+    record = json.load(open(stage1_record))
+    json.dump(record | {"fingerprint": "0" * 64}, open(stage1_record, "w"))
+    with monkeypatch.context() as patch:
+        for module, name in [*finished_stages, (stages, "train_cnn_baseline")]:
+            patch.setattr(module, name, fail)
+        with pytest.raises(AssertionError, match="a finished stage ran again"):
+            rkdsc.pipeline(config, workdir)
+    assert [p for p in os.listdir(os.path.join(workdir, "runs", "rkdsc")) if p.startswith("seed0.superseded-")]
+    assert os.path.exists(os.path.join(workdir, "runs", "no_kd", "seed0", "summary.json"))
+
 
 def test_a_teacher_for_other_classes_is_refused(tmp_path, tiny_vit_dir):
     config = _tiny_config(tiny_vit_dir)

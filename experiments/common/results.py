@@ -78,6 +78,13 @@ def finished(workdir: epath.PathLike, identity: dict | None, name: str = "summar
     return done
 
 
+def ensure_recorded(workdir: epath.PathLike, identity: dict) -> None:
+    """Records ``identity`` for a stage that just ran without recording one itself (what later
+    stages then compare their input with)."""
+    if jax.process_index() == 0 and workdir_lib.recorded(workdir) is None:
+        files.atomic_write_json(epath.Path(workdir) / workdir_lib.RUN_FILE, identity)
+
+
 def run_once(workdir: epath.PathLike, train: Callable[[], dict], identity: dict | None = None) -> dict:
     """The finished run's ``summary.json``, or ``train()`` when there is none or when it was
     computed from another config or inputs (:func:`finished`; a stage of a resumable pipeline)."""

@@ -86,7 +86,8 @@ def build_objective(config, num_classes: int) -> tosc_steps.Objective:
         loss=method["loss"], targets=method["targets"], num_classes=num_classes, beta=config.objective.beta,
         temperature=config.objective.temperature, top_k=config.store.top_k,
         target_temperature=config.store.temperature, label_smoothing=config.objective.label_smoothing,
-        snr_range=tuple(config.objective.snr_range), channels=tuple(config.objective.channels),
+        snr_range=inputs.tuple_field(config, "objective.snr_range", (int, float)),
+        channels=inputs.tuple_field(config, "objective.channels", str),
         csi=config.channel.csi, equalizer=config.channel.equalizer,
         rate_estimator=config.objective.rate_estimator,
     )

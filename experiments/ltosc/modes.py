@@ -77,9 +77,11 @@ def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
             results.stage("fine-tune the teacher", 1, stages)
             if results.finished(layout.teacher_run, teacher_lib.teacher_identity(config)) is None:
                 teacher_lib.finetune(config, workdir)
+                results.ensure_recorded(layout.teacher_run, teacher_lib.teacher_identity(config))
         results.stage("pre-store the teacher's top-K probabilities", 2, stages)
         if results.finished(layout.store, store.store_identity(config, layout)) is None:
             store.precompute_logits(config, workdir)
+            results.ensure_recorded(layout.store, store.store_identity(config, layout))
         if results.read_json(layout.store / "verify.json") is None:
             store.verify_logits(config, workdir)
 

@@ -114,6 +114,7 @@ def pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
             results.stage("fine-tune the teacher", 1, total, started)
             if results.finished(layout.teacher_run, teacher_lib.teacher_identity(config)) is None:
                 teacher_lib.finetune(config, workdir)
+                results.ensure_recorded(layout.teacher_run, teacher_lib.teacher_identity(config))
 
         if config.student.encoder == "genotype" and not config.student.get("genotype"):
             results.stage("KDL-DARTS architecture search", 2, total, started)
@@ -121,8 +122,10 @@ def pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 raise ValueError("The student is the pipeline's searched genotype but search.enabled is False; set "
                                  "--config.student.genotype to a genotype JSON (or a search workdir), or enable it.")
             child = search_config(config, workdir)
-            if results.finished(layout.search, darts_search.search_identity(child, str(layout.search))) is None:
+            identity = darts_search.search_identity(child, str(layout.search))
+            if results.finished(layout.search, identity) is None:
                 darts_search.search(child, str(layout.search))
+                results.ensure_recorded(layout.search, identity)
 
         results.stage("the teacher over the channel", 3, total, started)
         run_dir, identity = layout.run("teacher"), teacher_curves_identity(config, layout)

@@ -457,3 +457,19 @@ def test_adding_seeds_or_methods_to_a_pipeline_keeps_its_finished_stages():
     assert stages.run_identity(stages.seed_config(config, 0), layout, "rkdsc") != before
     assert stages.run_identity(stages.seed_config(config, 0), layout, "stage1")["fields"] == stages.run_identity(
         stages.seed_config(rkdsc_fmnist.get_config(), 0), layout, "stage1")["fields"]  # ... not stage 1.
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("objective.channels", "awgn,rayleigh", r"config.objective.channels must be a tuple, got 'awgn,rayleigh'"),
+    ("objective.snr_range", "-5,15", r"config.objective.snr_range must be a tuple, got '-5,15'"),
+], ids=["channels_string", "snr_range_string"])
+def test_the_objective_refuses_tuple_fields_given_as_strings(field, value, message):
+    from experiments.ltosc import methods
+
+    plain = ltosc_fmnist.get_config().to_dict()
+    section, key = field.split(".")
+    plain[section][key] = value  # What a config built from a dict (a notebook, a JSON file) can hold.
+    config = ml_collections.ConfigDict(plain)
+    config.method = "l_tosc"
+    with pytest.raises(ValueError, match=message):
+        methods.build_objective(config, 10)
