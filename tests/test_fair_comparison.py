@@ -336,3 +336,13 @@ def test_linear_codec_module_params_without_side_information(toy_teacher):
     decoded = bandwidth.over_channel(codec, jnp.asarray(features[:8]), jax.random.PRNGKey(0), 5.0,
                                      kind="awgn", channel=channels.ChannelSpec(), side_info="none")
     assert decoded.shape == (8, D) and bool(jnp.all(jnp.isfinite(decoded)))
+
+
+def test_collect_features_drops_masked_rows(toy_teacher):
+    features, labels, _ = toy_teacher
+    batches = [{"image": features[i:i + 8], "label": labels[i:i + 8], "mask": np.arange(8) < (8 if i else 5)}
+               for i in (0, 8, 16)]
+    f, y = bandwidth.collect_features(lambda p, im: im * p, 2.0, batches)
+    np.testing.assert_allclose(f, 2 * np.concatenate([features[:5], features[8:24]]), rtol=1e-6)
+    assert y.tolist() == np.concatenate([labels[:5], labels[8:24]]).tolist()
+    assert bandwidth.collect_features(lambda p, im: im, None, batches, max_examples=6)[0].shape == (6, D)

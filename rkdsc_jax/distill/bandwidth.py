@@ -89,13 +89,13 @@ def fit_pca_codec(features, num_symbols: int, *, return_eigenvalues: bool = Fals
     if n < 2:
         raise ValueError(f"fit_pca_codec needs at least 2 feature vectors to estimate a covariance, got {n}.")
     mean = x.mean(axis=0)
-    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-    eigenvalues = np.zeros(d)
-    eigenvalues[:s.size] = s ** 2 / n
-    basis = np.zeros((d, 2 * k))
-    m = min(2 * k, vt.shape[0])  # With N < 2k the remaining directions carry no variance.
-    basis[:, :m] = vt[:m].T
-    z = (x - mean) @ basis
+    centred = x - mean
+    # Eigenvectors of the D×D covariance: memory O(D²) whatever N (60k × 1280 features is fine).
+    eigenvalues, vectors = np.linalg.eigh(centred.T @ centred / n)
+    order = np.argsort(eigenvalues)[::-1]
+    eigenvalues, vectors = np.maximum(eigenvalues[order], 0.0), vectors[:, order]
+    basis = vectors[:, :2 * k]
+    z = centred @ basis
     scale = float(np.mean(np.sqrt(np.mean(z ** 2, axis=1))))
     codec = {"encoder": {"kernel": jnp.asarray(basis, jnp.float32), "bias": jnp.asarray(-mean @ basis, jnp.float32)},
              "decoder": {"kernel": jnp.asarray(basis.T, jnp.float32), "bias": jnp.asarray(mean, jnp.float32)},
@@ -265,3 +265,23 @@ def train_linear_codec(features, labels, head_fn: Callable, head_params, num_sym
                                       jax.random.fold_in(key, i))
         history.append(loss)
     return codec, [float(v) for v in jax.device_get(history)]
+
+
+def collect_features(feature_fn: Callable, network_params, batches, *, max_examples: int | None = None):
+    """(features (N, D) float32, labels (N,) int32) of a dataset, for ``fit_pca_codec`` and
+    ``train_linear_codec``: ``feature_fn(network_params, images)`` jitted over ``batches``
+    (dicts with "image", "label" and optionally "mask"; masked-out rows are dropped)."""
+    jitted = jax.jit(feature_fn)
+    features, labels, total = [], [], 0
+    for batch in batches:
+        f = np.asarray(jitted(network_params, batch["image"]), np.float32)
+        keep = np.asarray(batch["mask"], bool) if "mask" in batch else np.ones(len(f), bool)
+        features.append(f[keep])
+        labels.append(np.asarray(batch["label"], np.int32)[keep])
+        total += int(keep.sum())
+        if max_examples is not None and total >= max_examples:
+            break
+    if not features:
+        raise ValueError("collect_features got no batches; pass the training set's batches.")
+    features, labels = np.concatenate(features), np.concatenate(labels)
+    return (features, labels) if max_examples is None else (features[:max_examples], labels[:max_examples])
