@@ -5,13 +5,19 @@ All cheap: hand-computed statistics, a toy linear "teacher" on synthetic feature
 smallest supernet of tests/test_nas.py (compiled once, module scope).
 """
 
+import dataclasses
+import functools
 import math
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
 
-from rkdsc_jax import stats
+from rkdsc_jax import channels, stats
+from rkdsc_jax.distill import bandwidth
+from rkdsc_jax.nas import search, search_space
 
 
 # --- statistics --------------------------------------------------------------------------
@@ -116,11 +122,6 @@ def test_stats_refuse_bad_inputs(call, message):
 
 # --- complexity penalty that can steer ---------------------------------------------------
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from rkdsc_jax.nas import search, search_space  # noqa: E402
-
 
 def _toy_complexity(normalization):
     # Normal cell: 2 edges, ops (free, 1 param); reduction: (free, 9 params): reduction is 90 %.
@@ -194,11 +195,6 @@ def test_normalised_penalty_gradient_is_within_an_order_of_magnitude_of_the_ce(r
 
 # --- equal-bandwidth teacher baseline ----------------------------------------------------
 
-import dataclasses  # noqa: E402
-import functools  # noqa: E402
-
-from rkdsc_jax import channels  # noqa: E402
-from rkdsc_jax.distill import bandwidth  # noqa: E402
 
 D, CLASSES = 16, 4
 
