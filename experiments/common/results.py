@@ -85,6 +85,21 @@ def ensure_recorded(workdir: epath.PathLike, identity: dict) -> None:
         files.atomic_write_json(epath.Path(workdir) / workdir_lib.RUN_FILE, identity)
 
 
+def current_json(path: epath.PathLike, identity: dict) -> dict | None:
+    """A one-file stage's output (``latency.json``, ``fdm_ablation.json``), or None when it is
+    missing or was measured for another config (its ``identity`` key; logged, then rewritten)."""
+    found = read_json(path)
+    recorded = (found or {}).get("identity")
+    if recorded is not None and recorded != identity["fingerprint"] and not workdir_lib.allow_change():
+        logging.warning("%s was measured for another config or inputs: measuring again.", path)
+        return None
+    return found
+
+
+def write_with_identity(path: epath.PathLike, obj: dict, identity: dict) -> None:
+    write_json(path, dict(obj) | {"identity": identity["fingerprint"]})
+
+
 def run_once(workdir: epath.PathLike, train: Callable[[], dict], identity: dict | None = None) -> dict:
     """The finished run's ``summary.json``, or ``train()`` when there is none or when it was
     computed from another config or inputs (:func:`finished`; a stage of a resumable pipeline)."""

@@ -125,8 +125,11 @@ def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
         results.stage("FDM ablation: storage and time per epoch", 6, stages)
         path = layout / "fdm_ablation.json"
-        if results.read_json(path) is None:
-            results.write_json(path, fdm_ablation(config, workdir))
+        identity = results.run_identity(config, inputs={
+            "store": workdir_lib.artifact_fingerprint(layout.store),
+            "teacher": teacher_lib.teacher_input(config, layout)})
+        if results.current_json(path, identity) is None:
+            results.write_with_identity(path, fdm_ablation(config, workdir), identity)
 
         results.stage("export the deployable transmitter and receiver", 7, stages)
         if not export_lib.exported(config, workdir):

@@ -165,9 +165,10 @@ def pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
         results.stage("encoder latency (batch 1, this machine)", 5, total, started)
         path = layout / "latency.json"
-        if results.read_json(path) is None:
+        identity = stages.latency_identity(config, layout)
+        if results.current_json(path, identity) is None:
             setup = setup or stages.Setup(config, workdir)
-            results.write_json(path, stages.encoder_latency(config, setup))
+            results.write_with_identity(path, stages.encoder_latency(config, setup), identity)
 
         results.stage("export the deployable transmitter and receiver", 6, total, started)
         if not export_lib.exported(config, workdir):

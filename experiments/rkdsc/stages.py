@@ -51,6 +51,14 @@ def run_identity(config, layout: RunLayout, method: str, stage1_dir=None) -> dic
     return results.run_identity(config, exclude=exclude, inputs=found)
 
 
+def latency_identity(config, layout: RunLayout) -> dict:
+    """What the encoder latencies depend on: the data's shape, the teacher, the student system."""
+    found = {"teacher": teacher_lib.teacher_input(config, layout)}
+    if config.student.encoder == "genotype" and not config.student.get("genotype"):
+        found["search"] = workdir_lib.artifact_fingerprint(layout.search)
+    return results.run_identity(config, only=("data", "teacher", "student", "codec"), inputs=found)
+
+
 def objective_from_config(config, stage: str) -> rkd_steps.RKDObjective:
     o, s2 = config.objective, config.stage2
     common = dict(feature_loss=o.feature_loss, feature_weight=o.feature_weight, kd_weight=o.kd_weight,

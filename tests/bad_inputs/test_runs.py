@@ -473,3 +473,14 @@ def test_the_objective_refuses_tuple_fields_given_as_strings(field, value, messa
     config.method = "l_tosc"
     with pytest.raises(ValueError, match=message):
         methods.build_objective(config, 10)
+
+
+def test_a_measurement_of_another_config_is_measured_again(tmp_path, monkeypatch):
+    monkeypatch.delenv(workdir_lib.ALLOW_ENV, raising=False)
+    path = tmp_path / "latency.json"
+    old = results.run_identity(_classifier_config())
+    results.write_with_identity(path, {"ms": 1.0}, old)
+    assert results.current_json(path, old)["ms"] == 1.0  # Control: same config, kept.
+    assert results.current_json(path, results.run_identity(_classifier_config(**{"model.name": "resnet"}))) is None
+    results.write_json(path, {"ms": 2.0})  # Written before identities: kept.
+    assert results.current_json(path, old)["ms"] == 2.0
