@@ -275,7 +275,17 @@ def main(argv):
 
         initialize_distributed()
     logging.info("JAX %s on %s; %d device(s).", jax.__version__, jax.devices()[0].platform, jax.device_count())
-    run_mode(config, _WORKDIR.value)
+    from rkdsc_jax import deploy, files, train
+
+    # Causes the library names itself (and says how to fix): one line, not a traceback.
+    user_errors = (train.ConfigMismatchError, train.WorkdirLockedError, train.NonFiniteError,
+                   train.CheckpointDamagedError, train.CheckpointMismatchError, deploy.DamagedExportError,
+                   files.DamagedFileError, validate_lib.ConfigError)
+    try:
+        run_mode(config, _WORKDIR.value)
+    except user_errors as error:
+        sys.stderr.write(f"FATAL: {error}\n")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

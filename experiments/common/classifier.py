@@ -76,7 +76,7 @@ def train_classifier(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "platform": jax.devices()[0].platform,
         "total_wall_time_s": time.perf_counter() - start,
     }
-    results.write_json(workdir / "summary.json", summary)
+    results.write_json(workdir / "summary.json", summary, checksum=True)
     logging.info("Done: test accuracy %.4f after %d steps (%.0f s).",
                  summary["eval"].get("accuracy", float("nan")), num_steps, summary["total_wall_time_s"])
     return summary

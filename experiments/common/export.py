@@ -14,7 +14,6 @@ batch of test images, and measures batch-1 latency of both halves (``latency.jso
 from __future__ import annotations
 
 import copy
-import inspect
 from typing import Callable
 
 import jax
@@ -46,11 +45,7 @@ def write_export(spec: deploy.SystemSpec, variables, directory: epath.PathLike, 
                  run_config: dict | None = None) -> dict:
     """Exports, reloads, checks predictions against the training model on ``images`` and times it."""
     variables = {"params": variables["params"], "batch_stats": variables.get("batch_stats") or {}}
-    if run_config is not None and "run_config" in inspect.signature(deploy.export).parameters:
-        deploy.export(directory, spec, variables, metadata=metadata, overwrite=overwrite, run_config=run_config)
-    else:
-        metadata = dict(metadata) | ({"run_config": run_config} if run_config is not None else {})
-        deploy.export(directory, spec, variables, metadata=metadata, overwrite=overwrite)
+    deploy.export(directory, spec, variables, metadata=metadata, overwrite=overwrite, run_config=run_config)
     transmitter, receiver = deploy.load_transmitter(directory), deploy.load_receiver(directory)
     sent = transmitter.transmit(images, snr_db, "awgn")
     logits = receiver.receive(sent.symbols, sent.mask, snr_db, "awgn")
@@ -161,7 +156,7 @@ def export_run(config, workdir: epath.PathLike,
                                 "run.")
     trained = run_config(config, run_dir)
     spec_of, eval_source = build(trained)
-    variables = train.Checkpointer(run_dir / "checkpoints").restore_variables()
+    variables = train.Checkpointer(run_dir / "checkpoints", read_only=True).restore_variables()
     directory = export_directory(config, workdir)
     fingerprint = workdir_lib.artifact_fingerprint(run_dir)
     # An export without its check (killed before latency.json) is redone, not refused; one of a run

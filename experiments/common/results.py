@@ -21,9 +21,11 @@ read_json = files.read_json
 PIPELINE_SECTIONS = ("pipeline", "study")
 
 
-def write_json(path: epath.PathLike, obj: Any) -> None:
+def write_json(path: epath.PathLike, obj: Any, *, checksum: bool = False) -> None:
+    """``checksum``: embed a SHA-256 that :func:`read_json` verifies (a ``summary.json`` marks a
+    stage finished, so a damaged one must not pass as a result)."""
     if jax.process_index() == 0:
-        files.atomic_write_json(path, obj)
+        files.atomic_write_json(path, obj, checksum=checksum)
 
 
 def write_text(path: epath.PathLike, text: str) -> None:
@@ -51,6 +53,8 @@ def start_run(config, workdir: epath.PathLike, what: str, *, identity: dict | No
         else:
             workdir_lib.check_and_record(workdir, identity, write=False)
         write_json(workdir / "config.json", json.loads(config.to_json_best_effort()))
+        if jax.process_index() == 0:
+            files.remove_temporaries(workdir)  # Killed writes' leftovers; the lock keeps other writers out.
     logging.info("%s → %s", what, workdir)
     return workdir, time.perf_counter()
 

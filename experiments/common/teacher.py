@@ -185,7 +185,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
     result = evaluate_teacher(tuned, eval_source, config.eval.batch_size)
     summary = {"mode": "finetune_teacher", "teacher": tuned.identity(), "steps": num_steps,
                "eval": result, "wall_time_s": time.perf_counter() - start}
-    results.write_json(run_dir / "summary.json", summary)
+    results.write_json(run_dir / "summary.json", summary, checksum=True)
     logging.info("Teacher test accuracy %.4f (%d images).", result["accuracy"], result["count"])
     return summary
 

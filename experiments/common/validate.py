@@ -464,6 +464,7 @@ def _check_search(c: _Checker) -> None:
     c.positive("search.temperature")
     c.non_negative("search.mu", what=" (the weight of the complexity term)")
     c.boolean("search.count_bn_affine")
+    c.choice("search.complexity_normalization", search.NORMALIZATIONS)
     w_lr = c.positive("search.w_lr")
     w_lr_min = c.non_negative("search.w_lr_min")
     if w_lr is not None and w_lr_min is not None and w_lr_min > w_lr:

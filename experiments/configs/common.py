@@ -59,6 +59,7 @@ def train(*, batch_size: int, num_epochs: float, learning_rate: float, warmup_st
     t.log_every = log_every
     t.checkpoint_every = checkpoint_every
     t.keep_checkpoints = keep_checkpoints
+    t.skip_nonfinite = False  # Skip and count non-finite steps (optax.apply_if_finite) instead of stopping.
     return t
 
 

@@ -42,6 +42,9 @@ def get_config(variant: str = "kdl") -> ml_collections.ConfigDict:
     s.temperature = 4.0
     s.mu = 0.1 if variant == "kdl" else 0.0
     s.count_bn_affine = True
+    # How C(α) is normalised (rkdsc_jax.nas.search.Complexity): "global" is the SPEC's
+    # (reduction cells dominate it); "per_cell_type" weighs both cell types equally (μ ≈ 1).
+    s.complexity_normalization = "global"
     s.w_lr = 0.025
     s.w_lr_min = 0.001
     s.w_momentum = 0.9

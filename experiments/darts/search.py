@@ -200,7 +200,8 @@ def search(config, workdir: str) -> dict:
     # The seed is an argument, not a constant: every seed then shares one cached compilation.
     state = jax.jit(lambda x, seed: search_lib.create_search_state(model, w_tx, a_tx, x, seed),
                     out_shardings=train.replicated(mesh))(jnp.zeros((1, *sample_shape)), config.seed)
-    complexity = search_lib.Complexity.for_model(model, s.count_bn_affine)
+    complexity = search_lib.Complexity.for_model(model, s.count_bn_affine,
+                                                 normalization=s.get("complexity_normalization", "global"))
     hp = _hparams(config)
     class_names = inputs.class_names(full)
     teacher = teacher_fn(config, info.num_classes, sample_shape, class_names, str(workdir)) if hp.lam > 0 else None
@@ -244,7 +245,7 @@ def search(config, workdir: str) -> dict:
         "total_wall_time_s": time.perf_counter() - start,
     }
     results.write_json(workdir / "genotype.json", genotype.to_dict())
-    results.write_json(workdir / "summary.json", summary)
+    results.write_json(workdir / "summary.json", summary, checksum=True)
     logging.info("Search done: %s; derived network %s params (%d cells, %d channels).",
                  genotypes.op_histogram(genotype), f"{summary['derived_params']:,}", r.layers, r.channels)
     return summary
@@ -331,7 +332,7 @@ def retrain(config, workdir: str) -> dict:
                                workdir=str(workdir), config=loop, eval_fn=eval_fn)
     summary |= {"mode": "retrain", "genotype": genotype.to_dict(), "op_histogram": genotypes.op_histogram(genotype),
                 "num_params": num_params, "dataset": info.name, "total_wall_time_s": time.perf_counter() - start}
-    results.write_json(workdir / "summary.json", summary)
+    results.write_json(workdir / "summary.json", summary, checksum=True)
     logging.info("Retrain done: test accuracy %.4f, %s params.", summary["eval"].get("accuracy", float("nan")),
                  f"{num_params:,}")
     return summary

@@ -227,7 +227,7 @@ def train_method(config: ml_collections.ConfigDict, workdir: str, *, study_dir: 
         "bandwidth_ratio": config.model.num_symbols / float(np.prod(setup.input_shape)),
         "num_train_examples": len(setup.train_source), "total_wall_time_s": time.perf_counter() - start,
     }
-    results.write_json(workdir / "summary.json", summary)
+    results.write_json(workdir / "summary.json", summary, checksum=True)
     logging.info("%s seed %d: %s", config.method, config.seed, results.curve_line(curves))
     return summary
 

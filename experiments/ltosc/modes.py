@@ -39,7 +39,7 @@ def _la_tosc(config, workdir: str) -> None:
     layout = RunLayout.from_config(config, workdir)
     run_dir, identity = layout.run("la_tosc"), teacher_curves_identity(config, layout)
     if results.finished(run_dir, identity) is None:
-        results.write_json(run_dir / "summary.json", teacher_curves(config, workdir))
+        results.write_json(run_dir / "summary.json", teacher_curves(config, workdir), checksum=True)
         results.write_json(run_dir / workdir_lib.RUN_FILE, identity)
 
 
@@ -107,7 +107,7 @@ def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     main_dir = layout.run(method, seeds[0])
                     main = results.read_json(main_dir / "summary.json")
                     if main is not None:
-                        results.write_json(run_dir / "summary.json", main)
+                        results.write_json(run_dir / "summary.json", main, checksum=True)
                         if workdir_lib.recorded(main_dir) is not None:
                             results.write_json(run_dir / workdir_lib.RUN_FILE, workdir_lib.recorded(main_dir))
                         continue

@@ -37,7 +37,7 @@ def precompute_logits(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     store = logit_store.LogitStore.open(layout.store, expect_teacher=teacher.identity())
     summary = logit_store.store_summary(store, source) | {"wall_time_s": time.perf_counter() - start}
-    results.write_json(layout.store / "summary.json", summary)
+    results.write_json(layout.store / "summary.json", summary, checksum=True)
     logging.info("Logit store %s: %d records, %.1f MB.", layout.store, summary.get("records", -1),
                  store.nbytes() / 1e6)
     return summary

@@ -130,7 +130,7 @@ def pipeline(config: ml_collections.ConfigDict, workdir: str) -> dict:
         results.stage("the teacher over the channel", 3, total, started)
         run_dir, identity = layout.run("teacher"), teacher_curves_identity(config, layout)
         if results.finished(run_dir, identity) is None:
-            results.write_json(run_dir / "summary.json", teacher_curves(config, workdir))
+            results.write_json(run_dir / "summary.json", teacher_curves(config, workdir), checksum=True)
             results.write_json(run_dir / workdir_lib.RUN_FILE, identity)
 
         setup = None

@@ -238,7 +238,7 @@ def train_stage1(config, workdir: str, *, setup: Setup) -> dict:
     summary |= {"mode": "rkd_stage1", "seed": config.seed, "clean_accuracy": clean["accuracy"], "curves": curves,
                 "params": system_param_counts(state.params), "num_symbols": setup.teacher_dim // 2,
                 "total_wall_time_s": time.perf_counter() - start}
-    results.write_json(workdir / "summary.json", summary)
+    results.write_json(workdir / "summary.json", summary, checksum=True)
     logging.info("Stage 1 seed %d: clean accuracy %.4f | %s", config.seed, clean["accuracy"],
                  results.curve_line(curves))
     return summary
@@ -297,7 +297,7 @@ def train_stage2(config, workdir: str, *, setup: Setup, stage1_dir=None, distill
                 "bandwidth": bandwidth, "max_symbols": setup.system.max_symbols,
                 "input_size": int(np.prod(setup.input_shape)), "params": system_param_counts(state.params),
                 "total_wall_time_s": time.perf_counter() - start}
-    results.write_json(workdir / "summary.json", summary)
+    results.write_json(workdir / "summary.json", summary, checksum=True)
     logging.info("%s seed %d: %s", label, config.seed, results.curve_line(curves))
     return summary
 
@@ -326,7 +326,7 @@ def train_cnn_baseline(config, workdir: str, *, setup: Setup, num_symbols: int) 
     summary |= {"mode": "cnn_baseline", "seed": config.seed, "curves": curves, "num_symbols": num_symbols,
                 "params": {"deployed": train.param_count(state.params), "transmitter": transmitter},
                 "total_wall_time_s": time.perf_counter() - start}
-    results.write_json(workdir / "summary.json", summary)
+    results.write_json(workdir / "summary.json", summary, checksum=True)
     logging.info("CNN baseline seed %d: %s", config.seed, results.curve_line(curves))
     return summary
 

@@ -1,6 +1,11 @@
 """Training core: state, mesh, checkpoints, metrics, and the generic loop."""
 
-from rkdsc_jax.train.checkpoint import Checkpointer
+from rkdsc_jax.train.checkpoint import (
+    CheckpointDamagedError,
+    Checkpointer,
+    CheckpointMismatchError,
+    CheckpointRestoreError,
+)
 from rkdsc_jax.train.loop import (
     LoopConfig,
     NonFiniteError,
