@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rkdsc_jax import files
+from rkdsc_jax import files, stats
 from rkdsc_jax.train import mesh as mesh_lib
 
 Curves = Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]]
@@ -127,8 +127,9 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
-def curves_table(curves: Curves, kind: str, snrs: Sequence[str]) -> str:
-    """Methods × SNRs, 'mean ± std' in percent."""
+def curves_table(curves: Curves, kind: str, snrs: Sequence[str], confidence: float | None = None) -> str:
+    """Methods × SNRs in percent: 'mean ± std' over seeds, or with ``confidence`` (e.g. 0.95)
+    'mean ± CI half-width' (Student t, ``stats.mean_ci``; one seed shows its value and '(n=1)')."""
     rows = []
     for method, by_kind in curves.items():
         if kind not in by_kind:
@@ -138,32 +139,15 @@ def curves_table(curves: Curves, kind: str, snrs: Sequence[str]) -> str:
             values = by_kind[kind].get(snr)
             if not values:
                 row.append("—")
-                continue
-            mean, std = mean_std(values)
-            row.append(f"{100 * mean:.2f} ± {100 * std:.2f}" if len(values) > 1 else f"{100 * mean:.2f}")
+            elif confidence is not None:
+                e = stats.mean_ci(values, confidence)
+                row.append(f"{100 * e.mean:.2f} ± {100 * e.half_width:.2f}" if e.has_ci else f"{100 * e.mean:.2f} (n=1)")
+            else:
+                mean, std = mean_std(values)
+                row.append(f"{100 * mean:.2f} ± {100 * std:.2f}" if len(values) > 1 else f"{100 * mean:.2f}")
         rows.append(row)
-    return markdown_table(["method", *[f"{s} dB" for s in snrs]], rows)
-
-
-def curves_ci_table(curves: Curves, kind: str, snrs: Sequence[str], confidence: float = 0.95) -> str:
-    """Methods × SNRs, 'mean ± CI half-width' in percent (Student t over seeds, ``stats.mean_ci``);
-    a single seed shows its value and '(n=1)'."""
-    from rkdsc_jax import stats
-
-    rows = []
-    for method, by_kind in curves.items():
-        if kind not in by_kind:
-            continue
-        row = [method]
-        for snr in snrs:
-            values = by_kind[kind].get(snr)
-            if not values:
-                row.append("—")
-                continue
-            e = stats.mean_ci(values, confidence)
-            row.append(f"{100 * e.mean:.2f} ± {100 * e.half_width:.2f}" if e.has_ci else f"{100 * e.mean:.2f} (n=1)")
-        rows.append(row)
-    return markdown_table(["method", *[f"{s} dB (±{100 * confidence:g} % CI)" for s in snrs]], rows)
+    spread = "" if confidence is None else f" (±{100 * confidence:g} % CI)"
+    return markdown_table(["method", *[f"{s} dB{spread}" for s in snrs]], rows)
 
 
 def curve_differences(curves: Curves, method_a: str, method_b: str, kind: str, snrs: Sequence[str],
@@ -173,8 +157,6 @@ def curve_differences(curves: Curves, method_a: str, method_b: str, kind: str, s
     ``collect_seeds`` lists each arm's accuracies in seed order, so two arms run with the
     same seeds are paired position by position; arms with different seed counts use Welch.
     """
-    from rkdsc_jax import stats
-
     out = {}
     for snr in snrs:
         a, b = curves[method_a][kind][snr], curves[method_b][kind][snr]

@@ -310,12 +310,12 @@ def test_equal_bandwidth_refuses_bad_inputs(toy_teacher, call, message):
         call(toy_teacher[0][:200])
 
 
-def test_curves_ci_table_and_paired_differences():
+def test_curves_table_with_confidence_intervals_and_paired_differences():
     from rkdsc_jax import evaluation
 
     curves = {"kd": {"awgn": {"0": [0.81, 0.82, 0.815], "10": [0.9]}},
               "no-kd": {"awgn": {"0": [0.79, 0.801, 0.794], "10": [0.88]}}}
-    table = evaluation.curves_ci_table(curves, "awgn", ["0", "10"])
+    table = evaluation.curves_table(curves, "awgn", ["0", "10"], confidence=0.95)
     half = 100 * stats.mean_ci([0.81, 0.82, 0.815]).half_width
     assert f"| kd | 81.50 ± {half:.2f} | 90.00 (n=1) |" in table
     diffs = evaluation.curve_differences(curves, "kd", "no-kd", "awgn", ["0"])
