@@ -190,11 +190,63 @@ def finetune(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return summary
 
 
-def teacher_over_channel(config, layout: RunLayout) -> dict:
-    """The (fine-tuned) teacher's features sent uncoded over the channel to its own head
-    (paper B's LA-TOSC, paper A's teacher baseline), and its clean accuracy."""
+REFERENCE_LABEL = "teacher, all features ({symbols} symbols, reference)"
+PCA_LABEL = "teacher, PCA {symbols} symbols"
+LINEAR_LABEL = "teacher, linear codec {symbols} symbols (trained, upper bound)"
+
+
+def equal_bandwidth_labels(summary: dict) -> dict[str, dict[str, str]]:
+    """{codec: {symbols: row label}} of a ``teacher_over_channel`` summary's equal-bandwidth rows."""
+    labels = {"pca": PCA_LABEL, "linear": LINEAR_LABEL}
+
+    def label(codec, k, row):
+        sent = int(row.get("num_symbols", k))
+        text = labels[codec].format(symbols=sent)
+        # A budget above the teacher's D/2 symbols: all its features fit, rotated by the full-rank codec.
+        return text if sent == int(k) else f"{text} (all features; budget {k})"
+
+    return {codec: {k: label(codec, k, row) for k, row in rows.items()}
+            for codec, rows in summary.get("equal_bandwidth", {}).items()}
+
+
+def teacher_rows(summary: dict | None, symbols=None) -> dict[str, dict]:
+    """The teacher's method rows of a ``teacher_over_channel`` summary as {label: per-seed curves}:
+    the 640-symbol reference and, for every symbol count in ``symbols`` (default: all), the
+    equal-bandwidth PCA (and trained linear codec) rows."""
     from rkdsc_jax import evaluation
-    from rkdsc_jax.distill import tosc_steps
+
+    if not summary:
+        return {}
+    rows = {REFERENCE_LABEL.format(symbols=summary["num_symbols"]): evaluation.collect_seeds([summary["curves"]])}
+    for codec, by_symbols in equal_bandwidth_labels(summary).items():
+        for k, label in sorted(by_symbols.items(), key=lambda item: int(item[0])):
+            if symbols is None or int(k) in {int(s) for s in symbols}:
+                rows[label] = evaluation.collect_seeds([summary["equal_bandwidth"][codec][k]["curves"]])
+    return rows
+
+
+def _feature_batches(make_batches, feature_fn, variables):
+    """The evaluation batches with ``image`` replaced by the teacher's features (computed once)."""
+    jitted = jax.jit(feature_fn)
+    out = []
+    for batch in make_batches():
+        out.append(dict(batch, image=np.asarray(jitted(variables, batch["image"]), np.float32)))
+    return out
+
+
+def teacher_over_channel(config, layout: RunLayout, equal_symbols=(), codec_snr_range=(-10.0, 25.0)) -> dict:
+    """The (fine-tuned) teacher's features sent uncoded over the channel to its own head
+    (paper B's LA-TOSC, paper A's teacher baseline, D/2 symbols: a labelled reference), its clean
+    accuracy, and the teacher at equal bandwidth (issue 19): for every k in ``equal_symbols``
+    its features through a PCA codec to k complex symbols (fitted on the teacher's features of
+    the first ``eval.codec_fit_examples`` training images, un-augmented), and with
+    ``eval.linear_codec_steps`` > 0 the linear codec trained through the frozen head with
+    channel noise (SNR uniform over ``codec_snr_range``, the students' training range) from
+    that PCA start (``distill.bandwidth``); both evaluated at ``eval.snrs_db`` and
+    ``eval.bandwidth_snrs_db``, and clean."""
+    from rkdsc_jax import data as data_lib
+    from rkdsc_jax import evaluation
+    from rkdsc_jax.distill import bandwidth, tosc_steps
 
     mesh = train.make_mesh(config.mesh.num_devices)
     eval_source = inputs.eval_source(config)
@@ -213,5 +265,52 @@ def teacher_over_channel(config, layout: RunLayout) -> dict:
     clean = evaluation.accuracy_vs_snr(step, params, batches, snrs_db=[0.0], kinds=["none"], mesh=mesh)
     sample = jnp.zeros((1, *preprocess.output_shape(eval_source.info.image_shape)))
     feature_dim = jax.eval_shape(lambda: feature_fn(teacher.variables, sample)).shape[-1]
-    return {"curves": curves, "clean_accuracy": clean["none"]["0"], "teacher": teacher.identity(),
-            "num_symbols": feature_dim // 2, "num_params": train.param_count(teacher.variables["params"])}
+    summary = {"curves": curves, "clean_accuracy": clean["none"]["0"], "teacher": teacher.identity(),
+               "num_symbols": feature_dim // 2, "num_params": train.param_count(teacher.variables["params"])}
+    equal_symbols = sorted({int(k) for k in equal_symbols})
+    if not equal_symbols:
+        return summary
+
+    # Equal bandwidth: the teacher runs once over the test set; the codecs act on its features.
+    fit_examples = int(config.eval.get("codec_fit_examples") or 4096)
+    train_source = inputs.train_source(config)
+    train_batches = data_lib.eval_batches(train_source, batch_size=config.eval.batch_size, preprocess_config=preprocess)
+    features, labels = bandwidth.collect_features(feature_fn, teacher.variables, train_batches,
+                                                  max_examples=fit_examples)
+    feature_batches = _feature_batches(batches, feature_fn, teacher.variables)
+    snrs = sorted({*config.eval.snrs_db, *config.eval.get("bandwidth_snrs_db", ())})
+    linear_steps = int(config.eval.get("linear_codec_steps") or 0)
+    identity = lambda variables, x: x  # noqa: E731  (features are precomputed)
+    head = jax.device_put(teacher.head_params, train.replicated(mesh))
+    rows: dict[str, dict] = {"pca": {}}
+    if linear_steps:
+        rows["linear"] = {}
+    for budget in equal_symbols:
+        # More symbols than the teacher's D/2: every feature fits (the full-rank codec, D/2 symbols sent).
+        k = min(budget, feature_dim // 2)
+        codecs = {"pca": bandwidth.fit_pca_codec(features, k)}
+        if linear_steps:
+            codecs["linear"], _ = bandwidth.train_linear_codec(
+                features, labels, teacher.head_fn, teacher.head_params, k, steps=linear_steps, seed=config.seed,
+                snr_range=tuple(codec_snr_range), init=codecs["pca"],
+                channel=_channel_spec(config))
+        for name, codec in codecs.items():
+            eb_params = {"network": {}, "head": head, "codec": jax.device_put(codec, train.replicated(mesh))}
+            eb_step = functools.partial(bandwidth.equal_bandwidth_eval_step, feature_fn=identity,
+                                        head_fn=teacher.head_fn, csi=config.channel.csi,
+                                        equalizer=config.channel.equalizer)
+            eb_curves = evaluation.accuracy_vs_snr(eb_step, eb_params, lambda: feature_batches, snrs_db=snrs,
+                                                   kinds=config.eval.channels, mesh=mesh, seed=config.eval.seed)
+            eb_clean = evaluation.accuracy_vs_snr(eb_step, eb_params, lambda: feature_batches, snrs_db=[0.0],
+                                                  kinds=["none"], mesh=mesh)
+            rows[name][str(budget)] = {"curves": eb_curves, "clean_accuracy": eb_clean["none"]["0"],
+                                  "num_symbols": bandwidth.codec_num_symbols(codec)}
+    summary |= {"equal_bandwidth": rows, "codec_fit_examples": int(len(features)),
+                "linear_codec_steps": linear_steps, "codec_side_info": "norm"}
+    return summary
+
+
+def _channel_spec(config):
+    from rkdsc_jax import channels as channels_lib
+
+    return channels_lib.ChannelSpec(csi=config.channel.csi, equalizer=config.channel.equalizer)

@@ -410,6 +410,8 @@ def _check_channel_eval(c: _Checker) -> None:
                   "report SNRs must be evaluated ones")
     c.floats("eval.bandwidth_snrs_db", what=" (SNR in dB)")
     c.integer("eval.latency_repeats")
+    c.integer("eval.codec_fit_examples", 2, what=" (training images the equal-bandwidth PCA codec is fitted on)")
+    c.integer("eval.linear_codec_steps", 0, what=" (steps of the trained linear codec; 0: none)")
 
 
 def _check_mesh(c: _Checker) -> None:

@@ -25,14 +25,26 @@ from rkdsc_jax.distill import logit_store
 from rkdsc_jax.train import workdir as workdir_lib
 
 
+def equal_symbols(config) -> tuple[int, ...]:
+    """The symbol counts the teacher is sent at for a fair comparison: the TOSC systems' own."""
+    return (int(config.model.num_symbols),)
+
+
 def teacher_curves(config, workdir: str) -> dict:
-    """LA-TOSC: the (fine-tuned) teacher's features sent over the channel to its own head."""
-    return teacher_lib.teacher_over_channel(config, RunLayout.from_config(config, workdir))
+    """LA-TOSC: the (fine-tuned) teacher's features sent over the channel to its own head (all
+    640 symbols, a reference) and at the students' 16 symbols through a PCA (and a trained
+    linear) codec, the comparison."""
+    return teacher_lib.teacher_over_channel(config, RunLayout.from_config(config, workdir),
+                                            equal_symbols=equal_symbols(config),
+                                            codec_snr_range=tuple(config.objective.snr_range))
 
 
 def teacher_curves_identity(config, layout: RunLayout) -> dict:
+    # The equal-bandwidth rows' settings are an input: a run recorded without them is computed again.
+    codecs = {"symbols": list(equal_symbols(config)), "snr_range": list(config.objective.snr_range)}
     return results.run_identity(config, only=("seed", "data", "teacher", "channel", "eval"),
-                                inputs={"teacher": teacher_lib.teacher_input(config, layout)})
+                                inputs={"teacher": teacher_lib.teacher_input(config, layout),
+                                        "equal_bandwidth": codecs})
 
 
 def _la_tosc(config, workdir: str) -> None:

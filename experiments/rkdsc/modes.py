@@ -49,14 +49,29 @@ def rkd_stage2(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return stages.train_stage2(config, workdir, setup=setup, stage1_dir=stage1_dir)
 
 
+def equal_symbols(config, pipeline_dir: str) -> list[int]:
+    """The symbol counts the teacher is sent at for a fair comparison: every CAT budget and the
+    largest (what RKD-SC's curves and the CNN baseline send)."""
+    setup = stages.Setup(config, pipeline_dir)
+    return stages._budgets(config, setup.system.max_symbols)
+
+
 def teacher_curves(config, pipeline_dir: str) -> dict:
-    """The teacher's features over the channel to its own head, and its clean accuracy."""
-    return teacher_lib.teacher_over_channel(config, stages.pipeline_layout(config, pipeline_dir))
+    """The teacher's features over the channel to its own head (all of them: a reference), its
+    clean accuracy, and the teacher at each of RKD-SC's symbol budgets through a PCA (and a
+    trained linear) codec, the comparison."""
+    return teacher_lib.teacher_over_channel(config, stages.pipeline_layout(config, pipeline_dir),
+                                            equal_symbols=equal_symbols(config, pipeline_dir),
+                                            codec_snr_range=tuple(config.stage2.snr_range))
 
 
 def teacher_curves_identity(config, layout) -> dict:
+    # The equal-bandwidth rows' settings are an input: a run recorded without them is computed again.
+    codecs = {"budgets": list(config.codec.budgets or ()), "symbols_per_token": config.codec.symbols_per_token,
+              "snr_range": list(config.stage2.snr_range)}
     return results.run_identity(config, only=("seed", "data", "teacher", "channel", "eval"),
-                                inputs={"teacher": teacher_lib.teacher_input(config, layout)})
+                                inputs={"teacher": teacher_lib.teacher_input(config, layout),
+                                        "equal_bandwidth": codecs})
 
 
 def search_config(config, pipeline_dir: str) -> ml_collections.ConfigDict:
