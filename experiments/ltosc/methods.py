@@ -198,6 +198,15 @@ class Setup:
             seed=self.config.eval.seed)
 
 
+def data_stream(config, setup: "Setup") -> str:
+    """Which augmented views a run trains on: the store's (FDM replays its pre-stored epochs) or
+    fresh ones drawn by the input pipeline."""
+    augment = config.data.get("augment", "none")
+    if setup.store is not None:
+        return f"stored views of {config.store.num_epochs} augmented epochs ({augment})"
+    return f"fresh augmentation ({augment})"
+
+
 def train_method(config: ml_collections.ConfigDict, workdir: str, *, study_dir: str | None = None) -> dict:
     """Trains ``config.method`` into ``workdir`` (resumable) and evaluates it vs SNR.
 
@@ -226,6 +235,9 @@ def train_method(config: ml_collections.ConfigDict, workdir: str, *, study_dir: 
         "num_symbols": config.model.num_symbols,
         "bandwidth_ratio": config.model.num_symbols / float(np.prod(setup.input_shape)),
         "num_train_examples": len(setup.train_source), "total_wall_time_s": time.perf_counter() - start,
+        # Equal compute (issue 19): optimiser steps, examples seen and where they came from.
+        "steps": setup.num_steps, "batch_size": config.train.batch_size,
+        "examples_seen": setup.num_steps * config.train.batch_size, "data_stream": data_stream(config, setup),
     }
     results.write_json(workdir / "summary.json", summary, checksum=True)
     logging.info("%s seed %d: %s", config.method, config.seed, results.curve_line(curves))

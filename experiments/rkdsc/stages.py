@@ -237,6 +237,8 @@ def train_stage1(config, workdir: str, *, setup: Setup) -> dict:
                                             equalizer=config.channel.equalizer), state)
     summary |= {"mode": "rkd_stage1", "seed": config.seed, "clean_accuracy": clean["accuracy"], "curves": curves,
                 "params": system_param_counts(state.params), "num_symbols": setup.teacher_dim // 2,
+                "steps": num_steps, "batch_size": config.stage1.batch_size,
+                "examples_seen": num_steps * config.stage1.batch_size,
                 "total_wall_time_s": time.perf_counter() - start}
     results.write_json(workdir / "summary.json", summary, checksum=True)
     logging.info("Stage 1 seed %d: clean accuracy %.4f | %s", config.seed, clean["accuracy"],
@@ -293,6 +295,17 @@ def train_stage2(config, workdir: str, *, setup: Setup, stage1_dir=None, distill
         for budget in _budgets(config, setup.system.max_symbols):
             bandwidth[str(budget)] = setup.curves(functools.partial(eval_step, num_symbols=budget), state,
                                                   snrs_db=config.eval.bandwidth_snrs_db)
+    compute = {"steps": num_steps, "batch_size": stage.batch_size, "examples_seen": num_steps * stage.batch_size}
+    if distill:  # RKD-SC's whole training: stage 1, then stage 2 (issue 19: equal compute, stated).
+        before = results.read_json(epath.Path(stage1_dir) / "summary.json") or {}
+        stage1_steps = before.get("steps", inputs.steps(config.stage1, len(setup.train_source)))
+        stage1_seen = before.get("examples_seen", stage1_steps * config.stage1.batch_size)
+        compute |= {"stage1_steps": stage1_steps, "stage1_examples_seen": stage1_seen,
+                    "total_steps": stage1_steps + num_steps,
+                    "total_examples_seen": stage1_seen + compute["examples_seen"]}
+    else:
+        compute |= {"total_steps": num_steps, "total_examples_seen": compute["examples_seen"]}
+    summary |= compute
     summary |= {"mode": "rkd_stage2" if distill else "no_kd", "seed": config.seed, "curves": curves,
                 "bandwidth": bandwidth, "max_symbols": setup.system.max_symbols,
                 "input_size": int(np.prod(setup.input_shape)), "params": system_param_counts(state.params),
@@ -323,6 +336,8 @@ def train_cnn_baseline(config, workdir: str, *, setup: Setup, num_symbols: int) 
     curves = setup.curves(functools.partial(tosc_steps.eval_step, csi=config.channel.csi,
                                             equalizer=config.channel.equalizer), state)
     transmitter = train.param_count({k: v for k, v in state.params.items() if k != "decoder"})
+    summary |= {"steps": num_steps, "batch_size": stage.batch_size, "examples_seen": num_steps * stage.batch_size,
+                "total_steps": num_steps, "total_examples_seen": num_steps * stage.batch_size}
     summary |= {"mode": "cnn_baseline", "seed": config.seed, "curves": curves, "num_symbols": num_symbols,
                 "params": {"deployed": train.param_count(state.params), "transmitter": transmitter},
                 "total_wall_time_s": time.perf_counter() - start}
