@@ -144,6 +144,7 @@ def _study_config(vit_dir):
     config.eval.batch_size = 128
     config.eval.snrs_db = (-4.0, 0.0, 12.0)
     config.eval.report_snrs_db = (-4.0, 0.0, 12.0)
+    config.eval.linear_codec_steps = 20
     config.study.methods = ("l_tosc_kd", "l_tosc")
     config.study.seeds = (0,)
     config.study.train_sizes = (512,)  # The whole set: the main run is reused (subsets: test_logit_store).
@@ -165,7 +166,14 @@ def test_study_runs_every_stage_writes_the_report_and_resumes(tmp_path, monkeypa
     results = ltosc.study(config, workdir)
 
     curves = results["curves"]
-    assert set(curves) == {"L-TOSC-KD", "L-TOSC", "LA-TOSC (teacher)"}
+    # The tiny ViT teacher has 32 features: 16 symbols sent as they are (the reference), 4 (the students')
+    # through the PCA codec and the trained linear codec.
+    assert set(curves) == {"L-TOSC-KD", "L-TOSC", "teacher, all features (16 symbols, reference)",
+                           "teacher, PCA 4 symbols", "teacher, linear codec 4 symbols (trained, upper bound)"}
+    la_tosc = json.load(open(os.path.join(workdir, "runs", "la_tosc", "summary.json")))
+    assert la_tosc["equal_bandwidth"]["pca"]["4"]["num_symbols"] == 4
+    assert la_tosc["codec_fit_examples"] == 384 and la_tosc["linear_codec_steps"] == 20
+    assert set(curves["teacher, PCA 4 symbols"]["awgn"]) == {"-4", "0", "12"}
     assert set(curves["L-TOSC-KD"]["rayleigh"]) == {"-4", "0", "12"}
     for method in ("L-TOSC-KD", "L-TOSC"):
         assert all(0.0 <= a <= 1.0 for curve in curves[method].values() for accs in curve.values() for a in accs)
@@ -181,9 +189,19 @@ def test_study_runs_every_stage_writes_the_report_and_resumes(tmp_path, monkeypa
     assert reused == main_run  # 512 >= the study's 384 examples: the main run is that point.
     subset = json.load(open(os.path.join(workdir, "runs", "size256", "l_tosc_kd", "summary.json")))
     assert subset["num_train_examples"] == 256 and main_run["num_train_examples"] == 384
+    # Equal compute, from the arms' summaries: the same optimiser steps on the same number of examples.
+    arms = [json.load(open(os.path.join(workdir, "runs", m, "seed0", "summary.json"))) for m in ("l_tosc_kd", "l_tosc")]
+    assert {(a["steps"], a["examples_seen"]) for a in arms} == {(12, 12 * 32)}  # ceil(384 / 32) steps of 32.
+    assert results["compute"]["equal"] and len(results["compute"]["arms"]) == 2
+    # Claims with verdicts over the seeds each arm ran (one here: inconclusive), against the PCA teacher.
+    claims = {c["claim"]["name"]: c for c in results["claims"]}
+    assert "L-TOSC-KD beats L-TOSC at 0 dB (awgn)" in claims
+    assert "L-TOSC-KD beats the teacher at -4 dB (rayleigh; teacher through PCA at 4 symbols)" in claims
+    assert {c["verdict"] for c in claims.values()} == {"inconclusive"}
     report = open(os.path.join(workdir, "report.md")).read()
-    for heading in ("Accuracy vs SNR, awgn", "FDM ablation", "training-set size", "claims"):
-        assert heading in report
+    for heading in ("Accuracy vs SNR, awgn", "FDM ablation", "training-set size", "Paper B's claims", "verdict",
+                    "Compute per arm", "| L-TOSC-KD (4 symbols) |", "| teacher, PCA 4 symbols |"):
+        assert heading in report, heading
     for plot in ("accuracy_vs_snr.png", "accuracy_vs_train_size.png"):
         assert os.path.getsize(os.path.join(workdir, plot)) > 1000
 

@@ -7,21 +7,64 @@ from typing import Any
 
 from experiments.common import export as export_lib
 from experiments.common import results
+from experiments.common import teacher as teacher_lib
 from experiments.common.layout import RunLayout
 from experiments.ltosc.methods import METHOD_LABELS
-from rkdsc_jax import evaluation
+from rkdsc_jax import evaluation, stats
+
+CONFIDENCE = 0.95
 
 
 def collect_curves(layout: RunLayout, methods) -> dict:
+    """{row label: {kind: {snr: [accuracy per seed]}}}: the methods, then the teacher's rows (the
+    640-symbol reference and the equal-bandwidth codecs at the students' symbol count)."""
     curves = {}
     for method in methods:
         per_seed = [s["curves"] for s in results.per_seed(layout.method_dir(method))]
         if per_seed:
             curves[METHOD_LABELS.get(method, method)] = evaluation.collect_seeds(per_seed)
-    teacher = results.read_json(layout.run("la_tosc") / "summary.json")
-    if teacher:
-        curves[METHOD_LABELS["la_tosc"]] = evaluation.collect_seeds([teacher["curves"]])
+    curves.update(teacher_lib.teacher_rows(results.read_json(layout.run("la_tosc") / "summary.json")))
     return curves
+
+
+def seed_summaries(layout: RunLayout, method: str) -> dict[int, dict]:
+    """{seed: summary} of a method's finished runs (what claims pair their arms by)."""
+    return {int(s["seed"]): s for s in results.per_seed(layout.method_dir(method)) if "seed" in s}
+
+
+def with_symbols(curves: dict, symbols: dict[str, int]) -> dict:
+    """The rows renamed to state their complex symbols per image (the teacher's rows already do)."""
+    return {(name if "symbols" in name or name not in symbols else f"{name} ({symbols[name]} symbols)"): rows
+            for name, rows in curves.items()}
+
+
+def snr_tables(curves: dict, kinds, snrs, seeds_per_row: int) -> list[str]:
+    """One accuracy table per channel: mean ± 95 % CI over seeds with ≥ 2 seeds, else the values."""
+    lines = []
+    for kind in kinds:
+        lines += [f"## Accuracy vs SNR, {kind}", "",
+                  evaluation.curves_table(curves, kind, snrs, confidence=CONFIDENCE if seeds_per_row >= 2 else None),
+                  ""]
+    return lines
+
+
+def compute_rows(arms: dict[str, dict[int, dict]]) -> list[dict]:
+    """Per compared arm: its seeds, optimiser steps and training examples seen (from the summaries)."""
+    rows = []
+    for label, by_seed in arms.items():
+        if not by_seed:
+            continue
+        first = next(iter(by_seed.values()))
+        steps = {s.get("steps") for s in by_seed.values()}
+        seen = {s.get("examples_seen") for s in by_seed.values()}
+        rows.append({"method": label, "seeds": sorted(by_seed), "steps": sorted(steps, key=str),
+                     "examples_seen": sorted(seen, key=str), "batch_size": first.get("batch_size"),
+                     "data_stream": first.get("data_stream", "—")})
+    return rows
+
+
+def compute_equal(rows: list[dict]) -> bool:
+    return len({(tuple(r["steps"]), tuple(r["examples_seen"])) for r in rows}) <= 1
 
 
 def write_report(config, workdir: str) -> dict:
@@ -30,18 +73,46 @@ def write_report(config, workdir: str) -> dict:
     methods = list(config.study.methods)
     curves = collect_curves(layout, methods)
     out: dict[str, Any] = {"curves": curves, "snrs_db": [evaluation.snr_key(s) for s in config.eval.snrs_db]}
+    teacher = results.read_json(layout.run("la_tosc") / "summary.json")
+    arms = {METHOD_LABELS.get(m, m): seed_summaries(layout, m) for m in methods}
+    most_seeds = max([len(v) for v in arms.values()] or [0])
+    symbols = {label: next(iter(by_seed.values()))["num_symbols"] for label, by_seed in arms.items() if by_seed}
     lines = ["# L-TOSC-KD study (paper B)", "",
              f"Dataset `{config.data.name}`; teacher `{config.teacher.kind}`; "
              f"{config.model.num_symbols} complex channel uses per image; "
              f"train SNR U{tuple(config.objective.snr_range)} dB over {', '.join(config.objective.channels)}; "
-             f"seeds {list(config.study.seeds)}. Accuracy in %, mean ± std over seeds.", ""]
+             f"seeds {list(config.study.seeds)}; {test_images(config, layout)} test images. Accuracy in %, "
+             + ("mean ± 95 % CI half-width (Student t) over seeds." if most_seeds >= 2 else "one seed.")
+             + " Every row states its complex channel symbols per image.", ""]
+    if teacher and teacher.get("equal_bandwidth"):
+        linear = (f"; the linear codec is that PCA codec trained through the frozen head for "
+                  f"{teacher['linear_codec_steps']} steps under the students' SNR range and channels (an upper "
+                  "bound of a linear fixed-rate scheme)") if teacher.get("linear_codec_steps") else ""
+        lines += [f"The teacher at equal bandwidth: its {2 * teacher['num_symbols']} features through a PCA "
+                  f"codec to the students' {config.model.num_symbols} complex symbols, fitted on the teacher's "
+                  f"features of the first {teacher['codec_fit_examples']:,} training images (un-augmented), "
+                  f"unit power per image, the receiver told each image's norm{linear}. The "
+                  f"{teacher['num_symbols']}-symbol row sends every feature: a reference, never the comparison.", ""]
     if curves:
-        evaluation.plot_accuracy_vs_snr(curves, layout / "accuracy_vs_snr.png", title="Accuracy vs SNR (paper B)")
-        for kind in config.eval.channels:
-            lines += [f"## Accuracy vs SNR, {kind}", "",
-                      evaluation.curves_table(curves, kind, [evaluation.snr_key(s) for s in config.eval.report_snrs_db]),
-                      ""]
+        evaluation.plot_accuracy_vs_snr(with_symbols(curves, symbols), layout / "accuracy_vs_snr.png",
+                                        title="Accuracy vs SNR (paper B)")
+        lines += snr_tables(with_symbols(curves, symbols), config.eval.channels,
+                            [evaluation.snr_key(s) for s in config.eval.report_snrs_db], most_seeds)
         lines += ["![accuracy vs SNR](accuracy_vs_snr.png)", ""]
+    compute = compute_rows(arms)
+    if compute:
+        out["compute"] = {"arms": compute, "equal": compute_equal(compute)}
+        lines += ["## Compute per arm (equal compute)", "", evaluation.markdown_table(
+            ["method", "seeds", "optimiser steps", "batch", "examples seen", "training data"],
+            [[r["method"], len(r["seeds"]), "/".join(map(str, r["steps"])), r["batch_size"],
+              "/".join(f"{v:,}" if isinstance(v, int) else str(v) for v in r["examples_seen"]), r["data_stream"]]
+             for r in compute]), "",
+            ("Every compared arm ran the same number of optimiser steps on the same number of examples."
+             if out["compute"]["equal"] else "**The compared arms did not get equal compute** (see the table).")
+            + ("" if len({r["data_stream"] for r in compute}) <= 1 else
+               " Their training data differ: the KD arms replay the store's pre-augmented views, the label arms "
+               "draw fresh augmentations (as many examples, not the same views)."),
+            ""]
     complexity = _complexity_rows(layout, methods)
     if complexity:
         out["complexity"] = complexity
@@ -68,7 +139,17 @@ def write_report(config, workdir: str) -> dict:
     if exported:
         out["export"] = exported
         lines += export_lines
-    return results.finish_report(layout.root, out, lines, _claims(curves), "Paper B")
+    verdicts = paper_claims(config, {m: seed_summaries(layout, m) for m in methods}, teacher, sizes, ablation,
+                            test_images(config, layout))
+    if verdicts:
+        out["claims"] = [v.as_dict() for v in verdicts]
+        lines += ["## Paper B's claims on this data", "",
+                  "Verdict per claim from the 95 % CI of the measured quantity (paired over the seeds both arms "
+                  "ran; against the one fine-tuned teacher, the CI is over the student's seeds): *reproduced* "
+                  "when the whole CI lies on the claimed side of the test, *not reproduced* when it lies on the "
+                  "other side, *inconclusive* otherwise and always with one seed.", "",
+                  stats.claim_table(verdicts), ""]
+    return results.finish_report(layout.root, out, lines, [], "Paper B")
 
 
 def _complexity_rows(layout: RunLayout, methods) -> list[dict]:
@@ -83,7 +164,8 @@ def _complexity_rows(layout: RunLayout, methods) -> list[dict]:
                          "examples_per_second": summary.get("examples_per_second")})
     teacher = results.read_json(layout.run("la_tosc") / "summary.json")
     if teacher:
-        rows.append({"method": METHOD_LABELS["la_tosc"], "params": teacher["num_params"],
+        rows.append({"method": teacher_lib.REFERENCE_LABEL.format(symbols=teacher["num_symbols"]),
+                     "params": teacher["num_params"],
                      "transmitter_params": teacher["num_params"], "num_symbols": teacher["num_symbols"],
                      "examples_per_second": None})
     return rows
@@ -98,7 +180,8 @@ def _size_sweep(config, layout: RunLayout) -> dict | None:
             if not summary:
                 continue
             values = [summary["curves"][k][s] for k, s in points]
-            rows.append([METHOD_LABELS.get(method, method), size, *[f"{100 * v:.2f}" for v in values]])
+            rows.append([f"{METHOD_LABELS.get(method, method)} ({summary['num_symbols']} symbols)", size,
+                         *[f"{100 * v:.2f}" for v in values]])
             series.setdefault(METHOD_LABELS.get(method, method), {})[size] = dict(
                 zip([f"{k}@{s}" for k, s in points], values))
     return {"points": points, "rows": rows, "series": series} if rows else None
@@ -142,23 +225,94 @@ def _ablation_lines(ablation: dict) -> list[str]:
     ]
 
 
-def _mean_at(curves, method, kind, snr):
-    values = curves.get(method, {}).get(kind, {}).get(snr)
-    return evaluation.mean_std(values)[0] if values else None
+def test_images(config, layout: RunLayout):
+    """How many test images every accuracy was measured on (the teacher's evaluation counted them)."""
+    finetuned = results.read_json(layout.teacher_run / "summary.json") or {}
+    count = (finetuned.get("eval") or {}).get("count")
+    return f"{count:,}" if count else (config.data.get("num_eval_examples") or "all")
 
 
-def _claims(curves: dict) -> list[dict]:
-    """Paper B's qualitative claims, checked on the measured curves (no tuning)."""
-    claims = []
-    kd, nokd, teacher = METHOD_LABELS["l_tosc_kd"], METHOD_LABELS["l_tosc"], METHOD_LABELS["la_tosc"]
-    for kind in ("awgn", "rayleigh"):
-        a, b = _mean_at(curves, kd, kind, "0"), _mean_at(curves, nokd, kind, "0")
-        if a is not None and b is not None:
-            claims.append({"claim": f"KD beats no-KD at 0 dB ({kind})",
-                           "measured": f"{100 * a:.2f} vs {100 * b:.2f}", "holds": bool(a > b)})
-        for snr in ("-4", "-2"):
-            a, t = _mean_at(curves, kd, kind, snr), _mean_at(curves, teacher, kind, snr)
-            if a is not None and t is not None:
-                claims.append({"claim": f"KD student beats the teacher over the channel at {snr} dB ({kind})",
-                               "measured": f"{100 * a:.2f} vs {100 * t:.2f}", "holds": bool(a > t)})
-    return claims
+def _points(by_seed: dict[int, dict], kind: str, snr: str) -> dict[int, float]:
+    """{seed: accuracy in %} at one curve point."""
+    return {seed: 100 * s["curves"][kind][snr] for seed, s in by_seed.items()
+            if snr in s.get("curves", {}).get(kind, {})}
+
+
+def _arm_protocol(label: str, by_seed: dict[int, dict]) -> str:
+    first = next(iter(by_seed.values()))
+    return f"{label}: {first.get('steps', '?')} steps, {first.get('examples_seen', '?'):,} examples" if isinstance(
+        first.get("examples_seen"), int) else f"{label}: {first.get('steps', '?')} steps"
+
+
+def paper_claims(config, arms: dict[str, dict[int, dict]], teacher: dict | None, sizes: dict | None,
+                 ablation: dict | None, images="all") -> list[stats.Verdict]:
+    """Paper B's claims (SPEC §3.5) as tests with verdicts, over the seeds each arm ran.
+
+    Differences in accuracy points, paired over shared seeds; the teacher is one fine-tuned
+    model sent at the students' symbol count through the PCA codec (never the 640-symbol
+    reference), so "student − teacher" has the student's seeds as its samples.  ``arms``:
+    {method: {seed: summary}} (``seed_summaries``); ``images``: the number of test images, for
+    the protocol column."""
+    verdicts = []
+    k = config.model.num_symbols
+    kd_label = METHOD_LABELS["l_tosc_kd"]
+    kd = arms.get("l_tosc_kd", {})
+
+    def protocol(*pairs) -> str:
+        parts = [_arm_protocol(label, by_seed) for label, by_seed in pairs if by_seed]
+        steps = {next(iter(b.values())).get("examples_seen") for _, b in pairs if b}
+        note = "" if len(steps) <= 1 else "UNEQUAL compute; "
+        return f"{note}{'; '.join(parts)}; {images} test images; {k} symbols"
+
+    if kd:
+        for kind in config.eval.channels:
+            for method, paper in (("l_tosc", 1.3), ("eff_tosc", 6.6), ("res_tosc", 12.4)):
+                other = arms.get(method, {})
+                a, b = _points(kd, kind, "0"), _points(other, kind, "0")
+                if not a or not b:
+                    continue
+                label = METHOD_LABELS[method]
+                claim = stats.Claim(f"L-TOSC-KD beats {label} at 0 dB ({kind})", "difference", ">=", 0.0,
+                                    paper_value=paper, unit="points",
+                                    protocol=protocol((kd_label, kd), (label, other)))
+                verdicts.append(stats.evaluate_claim(claim, a, b, CONFIDENCE))
+            if teacher and teacher.get("equal_bandwidth"):
+                pca = teacher["equal_bandwidth"]["pca"].get(str(k))
+                for snr_db in config.eval.report_snrs_db:
+                    snr = evaluation.snr_key(snr_db)
+                    if snr_db >= 0 or not pca or snr not in pca["curves"].get(kind, {}):
+                        continue
+                    a = _points(kd, kind, snr)
+                    if not a:
+                        continue
+                    fixed = {seed: 100 * pca["curves"][kind][snr] for seed in a}  # One teacher: paired with each seed.
+                    claim = stats.Claim(
+                        f"L-TOSC-KD beats the teacher at {snr} dB ({kind}; teacher through PCA at {k} symbols)",
+                        "difference", ">=", 0.0, paper_value="> 0", unit="points",
+                        protocol=(protocol((kd_label, kd)) + f"; teacher PCA fitted on "
+                                  f"{teacher['codec_fit_examples']:,} training images"))
+                    verdicts.append(stats.evaluate_claim(claim, a, fixed, CONFIDENCE))
+    if sizes:
+        full = max((size for by_size in sizes["series"].values() for size in by_size), default=None)
+        kd_series = sizes["series"].get(kd_label, {})
+        nokd_series = sizes["series"].get(METHOD_LABELS["l_tosc"], {})
+        shared = sorted(set(kd_series) & set(nokd_series))
+        if shared and shared[0] != full:
+            size = shared[0]
+            for point in kd_series[size]:
+                kind, snr = point.split("@")
+                claim = stats.Claim(
+                    f"with less data ({size:,} examples; the paper: 0.6M images), L-TOSC-KD beats L-TOSC ({kind}, "
+                    f"{snr} dB)", "difference", ">=", 0.0, paper_value=15.5, unit="points",
+                    protocol=f"one seed per size ({size:,} of {full:,} examples, epochs scaled); {images} test "
+                             f"images; {k} symbols")
+                verdicts.append(stats.evaluate_claim(claim, {0: 100 * kd_series[size][point]},
+                                                     {0: 100 * nokd_series[size][point]}, CONFIDENCE))
+    if ablation:
+        seconds = ablation["seconds_per_step"]
+        claim = stats.Claim("FDM: stored top-K logits train faster than the teacher in the loop", "ratio", ">=", 1.0,
+                            paper_value="> 1 (Table II)", unit="×",
+                            protocol=f"one timing run: median of {ablation['steps_timed']} steps of batch "
+                                     f"{ablation['batch_size']} on {ablation['platform']}")
+        verdicts.append(stats.evaluate_claim(claim, [seconds["l_tosc_kd_online"]], seconds["l_tosc_kd"], CONFIDENCE))
+    return verdicts
