@@ -196,7 +196,7 @@ def test_study_runs_every_stage_writes_the_report_and_resumes(tmp_path, monkeypa
     # Claims with verdicts over the seeds each arm ran (one here: inconclusive), against the PCA teacher.
     claims = {c["claim"]["name"]: c for c in results["claims"]}
     assert "L-TOSC-KD beats L-TOSC at 0 dB (awgn)" in claims
-    assert "L-TOSC-KD beats the teacher at -4 dB (rayleigh; teacher through PCA at 4 symbols)" in claims
+    assert "L-TOSC-KD beats the teacher at -4 dB (rayleigh; teacher through its linear codec trained under noise at 4 symbols)" in claims
     assert {c["verdict"] for c in claims.values()} == {"inconclusive"}
     report = open(os.path.join(workdir, "report.md")).read()
     for heading in ("Accuracy vs SNR, awgn", "FDM ablation", "training-set size", "Paper B's claims", "verdict",

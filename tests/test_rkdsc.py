@@ -151,7 +151,7 @@ def test_pipeline_runs_every_stage_resumes_after_a_kill_and_reports(tmp_path, mo
     assert {c["claim"]["name"].split(" ")[0] for c in results["claims"]} >= {"parameters", "keeps", "more", "RKD-SC",
                                                                             "encoder"}
     keeps = next(c for c in results["claims"] if c["claim"]["name"].startswith("keeps"))
-    assert "teacher through PCA at 16 symbols" in keeps["claim"]["name"] and keeps["verdict"] == "inconclusive"
+    assert "teacher through its linear codec trained under noise at 16 symbols" in keeps["claim"]["name"] and keeps["verdict"] == "inconclusive"
     # Compute per arm, from the summaries: the baselines train stage 2's steps; RKD-SC stage 1 + stage 2 (stated).
     arm = {m: json.load(open(os.path.join(workdir, "runs", m, "seed0", "summary.json")))
            for m in ("rkdsc", "no_kd", "cnn")}

@@ -209,6 +209,18 @@ def equal_bandwidth_labels(summary: dict) -> dict[str, dict[str, str]]:
             for codec, rows in summary.get("equal_bandwidth", {}).items()}
 
 
+def comparison_codec(summary: dict | None, symbols) -> tuple[str, dict | None]:
+    """The teacher's equal-bandwidth row a claim compares with at ``symbols``: the linear codec
+    trained under channel noise when there is one (the students' codecs are trained under noise
+    too: equal effort), else the training-free PCA codec.  Returns (description, row or None)."""
+    rows = (summary or {}).get("equal_bandwidth", {})
+    for codec, what in (("linear", "its linear codec trained under noise"), ("pca", "PCA")):
+        row = rows.get(codec, {}).get(str(symbols))
+        if row is not None:
+            return what, row
+    return "", None
+
+
 def teacher_rows(summary: dict | None, symbols=None) -> dict[str, dict]:
     """The teacher's method rows of a ``teacher_over_channel`` summary as {label: per-seed curves}:
     the 640-symbol reference and, for every symbol count in ``symbols`` (default: all), the

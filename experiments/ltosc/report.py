@@ -277,7 +277,7 @@ def paper_claims(config, arms: dict[str, dict[int, dict]], teacher: dict | None,
                                     protocol=protocol((kd_label, kd), (label, other)))
                 verdicts.append(stats.evaluate_claim(claim, a, b, CONFIDENCE))
             if teacher and teacher.get("equal_bandwidth"):
-                pca = teacher["equal_bandwidth"]["pca"].get(str(k))
+                codec, pca = teacher_lib.comparison_codec(teacher, k)
                 for snr_db in config.eval.report_snrs_db:
                     snr = evaluation.snr_key(snr_db)
                     if snr_db >= 0 or not pca or snr not in pca["curves"].get(kind, {}):
@@ -287,9 +287,9 @@ def paper_claims(config, arms: dict[str, dict[int, dict]], teacher: dict | None,
                         continue
                     fixed = {seed: 100 * pca["curves"][kind][snr] for seed in a}  # One teacher: paired with each seed.
                     claim = stats.Claim(
-                        f"L-TOSC-KD beats the teacher at {snr} dB ({kind}; teacher through PCA at {k} symbols)",
+                        f"L-TOSC-KD beats the teacher at {snr} dB ({kind}; teacher through {codec} at {k} symbols)",
                         "difference", ">=", 0.0, paper_value="> 0", unit="points",
-                        protocol=(protocol((kd_label, kd)) + f"; teacher PCA fitted on "
+                        protocol=(protocol((kd_label, kd)) + f"; teacher codec fitted on "
                                   f"{teacher['codec_fit_examples']:,} training images"))
                     verdicts.append(stats.evaluate_claim(claim, a, fixed, CONFIDENCE))
     if sizes:

@@ -162,17 +162,17 @@ def paper_claims(arms: dict[str, dict[int, dict]], teacher: dict | None,
         verdicts.append(stats.evaluate_claim(claim, complexity_by_seed, confidence=CONFIDENCE))
     high, low = snrs[-1], snrs[0]
     k = method_symbols(next(iter(rk.values()))) if rk else None
-    pca = ((teacher or {}).get("equal_bandwidth", {}).get("pca", {}).get(str(k)) if k else None)
-    fit = f"teacher PCA fitted on {teacher['codec_fit_examples']:,} training images" if pca else ""
+    codec, pca = teacher_lib.comparison_codec(teacher, k) if k else ("", None)
+    fit = f"teacher codec fitted on {teacher['codec_fit_examples']:,} training images" if pca else ""
     sent = pca.get("num_symbols", k) if pca else k  # Fewer than k when all the teacher's features fit.
     for kind in kinds:
         if rk and pca:
             for snr, claim in (
                     (high, stats.Claim(f"keeps 95.86 % of the teacher's accuracy at {high} dB ({kind}; teacher "
-                                       f"through PCA at {sent} symbols)", "ratio", ">=", 0.9586, paper_value=0.9586,
+                                       f"through {codec} at {sent} symbols)", "ratio", ">=", 0.9586, paper_value=0.9586,
                                        protocol=f"{_arm('RKD-SC', rk)}; {fit}; {images} test images; {k} symbols")),
                     (low, stats.Claim(f"more than 83.12 % above the teacher at {low} dB ({kind}; teacher through "
-                                      f"PCA at {sent} symbols)", "ratio", ">=", 1.8312, paper_value=1.8312,
+                                      f"{codec} at {sent} symbols)", "ratio", ">=", 1.8312, paper_value=1.8312,
                                       protocol=f"{_arm('RKD-SC', rk)}; {fit}; {images} test images; {k} symbols"))):
                 a = _points(rk, kind, snr)
                 t = pca["curves"].get(kind, {}).get(snr)
@@ -293,13 +293,17 @@ def write_report(config, workdir: str) -> dict:
                   "", "![bandwidth](accuracy_vs_bandwidth.png)", ""]
     compute = compute_rows({METHOD_LABELS[m]: arms[m] for m in arms})
     if compute:
-        equal = len({(tuple(r["steps"]), tuple(r["examples_seen"])) for r in compute}) <= 1
+        # Summaries written before runs recorded their compute have no examples_seen: then unknown, not equal.
+        recorded = all(isinstance(v, int) for r in compute for v in r["examples_seen"])
+        equal = recorded and len({(tuple(r["steps"]), tuple(r["examples_seen"])) for r in compute}) <= 1
         out["compute"] = {"arms": compute, "equal": equal}
         lines += ["## Compute per arm (equal compute)", "", evaluation.markdown_table(
             ["method", "seeds", "optimiser steps", "of which", "batch", "examples seen"],
             [[r["method"], len(r["seeds"]), "/".join(map(str, r["steps"])), r["stages"], r["batch_size"],
               "/".join(f"{v:,}" if isinstance(v, int) else str(v) for v in r["examples_seen"])] for r in compute]), "",
             ("Every compared arm ran the same number of optimiser steps on the same number of examples." if equal else
+             "Some runs predate the recording of their compute (no examples_seen in their summary.json): "
+             "delete their directories to retrain them and have it recorded." if not recorded else
              "**The compared arms did not get equal compute**: RKD-SC trains stage 1 and then stage 2, the "
              "baselines (which train with stage 2's settings) only stage 2's steps; each claim's protocol says "
              "so. Equalising it needs the baselines' step count set apart from stage 2's (a "
