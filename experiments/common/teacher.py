@@ -209,6 +209,19 @@ def equal_bandwidth_labels(summary: dict) -> dict[str, dict[str, str]]:
             for codec, rows in summary.get("equal_bandwidth", {}).items()}
 
 
+def equal_bandwidth_paragraph(summary: dict, sent: str, trained_under: str) -> str:
+    """The report's sentence on how the teacher was sent at equal bandwidth (both studies);
+    ``sent`` e.g. "the students' 16 complex symbols"."""
+    linear = (f"; the linear codec is that PCA codec trained through the frozen head for "
+              f"{summary['linear_codec_steps']} steps under {trained_under} (an upper bound of a linear "
+              "fixed-rate scheme)") if summary.get("linear_codec_steps") else ""
+    return (f"The teacher at equal bandwidth: its {2 * summary['num_symbols']} features through a PCA codec to "
+            f"{sent}, fitted on the teacher's features of the first "
+            f"{summary['codec_fit_examples']:,} training images (un-augmented), unit power per image, the receiver "
+            f"told each image's norm{linear}. The {summary['num_symbols']}-symbol row sends every feature: a "
+            "reference, never the comparison.")
+
+
 def comparison_codec(summary: dict | None, symbols) -> tuple[str, dict | None]:
     """The teacher's equal-bandwidth row a claim compares with at ``symbols``: the linear codec
     trained under channel noise when there is one (the students' codecs are trained under noise

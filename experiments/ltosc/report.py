@@ -85,14 +85,8 @@ def write_report(config, workdir: str) -> dict:
              + ("mean ± 95 % CI half-width (Student t) over seeds." if most_seeds >= 2 else "one seed.")
              + " Every row states its complex channel symbols per image.", ""]
     if teacher and teacher.get("equal_bandwidth"):
-        linear = (f"; the linear codec is that PCA codec trained through the frozen head for "
-                  f"{teacher['linear_codec_steps']} steps under the students' SNR range and channels (an upper "
-                  "bound of a linear fixed-rate scheme)") if teacher.get("linear_codec_steps") else ""
-        lines += [f"The teacher at equal bandwidth: its {2 * teacher['num_symbols']} features through a PCA "
-                  f"codec to the students' {config.model.num_symbols} complex symbols, fitted on the teacher's "
-                  f"features of the first {teacher['codec_fit_examples']:,} training images (un-augmented), "
-                  f"unit power per image, the receiver told each image's norm{linear}. The "
-                  f"{teacher['num_symbols']}-symbol row sends every feature: a reference, never the comparison.", ""]
+        lines += [teacher_lib.equal_bandwidth_paragraph(teacher, f"the students' {config.model.num_symbols} complex symbols",
+                                                        "the students' SNR range and channels"), ""]
     if curves:
         evaluation.plot_accuracy_vs_snr(with_symbols(curves, symbols), layout / "accuracy_vs_snr.png",
                                         title="Accuracy vs SNR (paper B)")

@@ -225,14 +225,8 @@ def write_report(config, workdir: str) -> dict:
              + " Every row states its complex channel symbols per image.", ""]
     if teacher and teacher.get("equal_bandwidth"):
         budgets = sorted(teacher["equal_bandwidth"]["pca"], key=int)
-        linear = (f"; the linear codec is that PCA codec trained through the frozen head for "
-                  f"{teacher['linear_codec_steps']} steps under stage 2's SNR range and channels (an upper bound "
-                  "of a linear fixed-rate scheme)") if teacher.get("linear_codec_steps") else ""
-        lines += [f"The teacher at equal bandwidth: its {2 * teacher['num_symbols']} features through a PCA codec "
-                  f"to {', '.join(budgets)} complex symbols (RKD-SC's budgets), fitted on the teacher's features of "
-                  f"the first {teacher['codec_fit_examples']:,} training images (un-augmented), unit power per "
-                  f"image, the receiver told each image's norm{linear}. The {teacher['num_symbols']}-symbol row "
-                  "sends every feature: a reference, never the comparison.", ""]
+        lines += [teacher_lib.equal_bandwidth_paragraph(
+            teacher, f"{', '.join(budgets)} complex symbols (RKD-SC's budgets)", "stage 2's SNR range and channels"), ""]
         out["teacher_equal_bandwidth"] = teacher["equal_bandwidth"]
     if finetuned:
         out["teacher_finetune"] = finetuned
