@@ -17,6 +17,10 @@ CI [low, high] of the measured quantity:
 - ``not reproduced``: the whole CI contradicts it (high < threshold; for "≤": low > threshold);
 - ``inconclusive``: otherwise, and always with fewer than 2 seeds (no CI) or a NaN.
 
+An ``exact`` claim is about a quantity without sampling noise (a parameter count of a fixed
+architecture): its value decides directly, from one seed on, provided every seed gave the
+same value (otherwise it is not exact and the rule above applies).
+
 The effect size reported is the point estimate of the quantity (a difference in the
 values' unit, or a ratio), its margin over the threshold, and for values and differences
 the standardised margin = margin / sd (Cohen's d_z for a paired "A − B ≥ 0").
@@ -126,7 +130,19 @@ class Estimate:
         return self.n >= 2 and math.isfinite(self.low) and math.isfinite(self.high)
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"half_width": self.half_width}
+        """JSON-ready: NaN (no CI with one seed) becomes None, which JSON can hold."""
+        return json_ready(dataclasses.asdict(self) | {"half_width": self.half_width})
+
+
+def json_ready(obj):
+    """``obj`` with every non-finite float replaced by None (strict JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj
 
 
 def _as_array(name: str, values) -> np.ndarray:
@@ -264,6 +280,7 @@ class Claim:
     paper_value: float | str | None = None
     unit: str = ""
     protocol: str = ""
+    exact: bool = False  # No sampling noise: one value decides (see the module docstring).
 
     def __post_init__(self):
         if self.quantity not in QUANTITIES:
@@ -293,9 +310,9 @@ class Verdict:
         return self.estimate.mean
 
     def as_dict(self) -> dict:
-        return {"claim": dataclasses.asdict(self.claim), "verdict": self.verdict,
-                "estimate": self.estimate.as_dict(), "effect": self.effect, "margin": self.margin,
-                "standardized_effect": self.standardized}
+        return json_ready({"claim": dataclasses.asdict(self.claim), "verdict": self.verdict,
+                           "estimate": self.estimate.as_dict(), "effect": self.effect, "margin": self.margin,
+                           "standardized_effect": self.standardized})
 
 
 def verdict(claim: Claim, estimate: Estimate) -> Verdict:
@@ -304,7 +321,10 @@ def verdict(claim: Claim, estimate: Estimate) -> Verdict:
     margin = sign * (estimate.mean - claim.threshold)
     standardized = (margin / estimate.sd if claim.quantity != "ratio" and estimate.sd
                     and math.isfinite(estimate.sd) else math.nan)
-    if not estimate.has_ci or math.isnan(estimate.mean):
+    exact = claim.exact and math.isfinite(estimate.mean) and (estimate.n == 1 or estimate.sd == 0)
+    if exact:
+        result = REPRODUCED if margin >= 0 else NOT_REPRODUCED
+    elif not estimate.has_ci or math.isnan(estimate.mean):
         result = INCONCLUSIVE
     else:
         supports_low, supports_high = sign * (estimate.low - claim.threshold), sign * (estimate.high - claim.threshold)
@@ -352,7 +372,9 @@ def claim_row(v: Verdict, digits: int = 2, scale: float = 1.0) -> str:
     paper = v.claim.paper_value
     paper = "—" if paper is None else f"{paper:g}" if isinstance(paper, (int, float)) else str(paper)
     unit = f" {v.claim.unit}" if v.claim.unit else ""
-    cells = [v.claim.name, paper + unit, format_estimate(v.estimate, digits, scale) + unit, v.claim.describe(),
+    measured = (f"{v.estimate.mean * scale:.{digits}f} (exact)" if v.claim.exact and not v.estimate.has_ci
+                else format_estimate(v.estimate, digits, scale))
+    cells = [v.claim.name, paper + unit, measured + unit, v.claim.describe(),
              f"**{v.verdict}**", str(v.estimate.n), v.claim.protocol or "—"]
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 

@@ -5,6 +5,7 @@ the same tables and the equal compute of their arms end to end)."""
 
 import math
 
+import numpy as np
 import pytest
 import scipy.stats
 
@@ -91,18 +92,27 @@ def test_ltosc_claims_are_paired_over_seeds_and_use_the_equal_bandwidth_teacher(
     assert "11.00 (n=1, no CI)" in stats.claim_row(one[0])
 
 
-def test_ltosc_fdm_and_size_claims_have_one_sample_and_are_inconclusive():
+def test_ltosc_size_claim_is_paired_over_seeds_and_the_fdm_timing_is_inconclusive():
     config = _ltosc_config()
-    sizes = {"series": {"L-TOSC-KD": {1000: {"awgn@0": 0.6}, 60000: {"awgn@0": 0.8}},
-                        "L-TOSC": {1000: {"awgn@0": 0.5}, 60000: {"awgn@0": 0.79}}}}
+    # Accuracy in % per seed; the full size (60,000) is not a "less data" point.
+    sizes = {"per_seed": {"L-TOSC-KD": {1000: {"awgn@0": {0: 60.0, 1: 62.0, 2: 61.0}},
+                                        60000: {"awgn@0": {0: 80.0, 1: 80.0, 2: 80.0}}},
+                          "L-TOSC": {1000: {"awgn@0": {0: 50.0, 1: 51.0, 2: 50.0}},
+                                     60000: {"awgn@0": {0: 79.0, 1: 79.0, 2: 79.0}}}},
+             "steps": {"L-TOSC-KD": {1000: [469], 60000: [469]}, "L-TOSC": {1000: [469], 60000: [469]}}}
     ablation = {"seconds_per_step": {"l_tosc_kd": 0.1, "l_tosc_kd_online": 0.25}, "steps_timed": 20,
                 "batch_size": 128, "platform": "cpu"}
     verdicts = ltosc_report.paper_claims(config, {}, None, sizes, ablation)
     assert [v.claim.name for v in verdicts] == ["with less data (1,000 examples; the paper: 0.6M images), L-TOSC-KD beats L-TOSC "
                                                 "(awgn, 0 dB)",
                                                 "FDM: stored top-K logits train faster than the teacher in the loop"]
-    assert verdicts[0].effect == pytest.approx(10.0) and verdicts[1].effect == pytest.approx(2.5)
-    assert {v.verdict for v in verdicts} == {stats.INCONCLUSIVE}
+    size, fdm = verdicts
+    # Paired differences 10, 11, 11: mean 32/3, sd 1/sqrt(3), t_{0.975, 2} = 4.302653.
+    assert size.estimate.method == "paired" and size.estimate.n == 3
+    assert size.effect == pytest.approx(32 / 3)
+    assert size.estimate.half_width == pytest.approx(4.302653 * (1 / math.sqrt(3)) / math.sqrt(3), rel=1e-5)
+    assert size.verdict == stats.REPRODUCED and "469/469 steps each (equal compute)" in size.claim.protocol
+    assert fdm.effect == pytest.approx(2.5) and fdm.verdict == stats.INCONCLUSIVE  # One timing run: no CI.
 
 
 def test_rkdsc_claims_against_the_equal_bandwidth_teacher_and_unequal_compute():
@@ -152,3 +162,38 @@ def test_compute_rows_record_steps_and_examples_per_arm():
     same = {m: {0: {"steps": 469, "examples_seen": 60032, "batch_size": 128}} for m in ("L-TOSC-KD", "L-TOSC")}
     assert ltosc_report.compute_equal(ltosc_report.compute_rows(same))
     assert ltosc.METHOD_LABELS["l_tosc_kd"] == "L-TOSC-KD"
+
+
+def test_an_exact_quantity_decides_from_one_seed_and_the_verdict_is_strict_json():
+    import json
+
+    count = stats.Claim("parameters cut", "value", ">=", 0.9406, exact=True)
+    assert stats.evaluate_claim(count, {0: 0.95}).verdict == stats.REPRODUCED
+    assert stats.evaluate_claim(count, {0: 0.93}).verdict == stats.NOT_REPRODUCED
+    assert stats.evaluate_claim(count, {0: 0.95, 1: 0.95}).verdict == stats.REPRODUCED  # sd 0: still exact.
+    noisy = stats.evaluate_claim(count, {0: 0.95, 1: 0.96})  # Seeds disagree: not exact, the CI rule.
+    assert noisy.verdict == stats.INCONCLUSIVE
+    sampled = stats.Claim("accuracy", "value", ">=", 0.5)
+    one = stats.evaluate_claim(sampled, {0: 0.9})
+    assert one.verdict == stats.INCONCLUSIVE  # One seed of a noisy quantity: no CI, no verdict.
+    record = one.as_dict()
+    assert record["estimate"]["low"] is None and record["standardized_effect"] is None
+    json.dumps(record, allow_nan=False)  # Strict JSON: NaN would raise here.
+
+
+def test_alpha_movement_against_hand_computed_distances():
+    from rkdsc_jax.nas import genotypes
+
+    start = {"normal": np.zeros((14, 8)), "reduce": np.zeros((14, 8))}
+    end = {"normal": np.zeros((14, 8)), "reduce": np.zeros((14, 8))}
+    end["normal"][3, 5] = 100.0  # One edge becomes one-hot; everything else stays uniform.
+    moved = genotypes.alpha_movement(start, end)
+    # TV(one-hot, uniform over 8) = ½ (7/8 + 7 · 1/8) = 7/8.
+    assert moved["normal"]["max_tv"] == pytest.approx(7 / 8)
+    assert moved["normal"]["mean_tv"] == pytest.approx(7 / 8 / 14)
+    assert moved["normal"]["max_abs_alpha_change"] == 100.0
+    assert moved["normal"]["mean_top_weight"] == pytest.approx((1 + 13 / 8) / 14)
+    assert moved["reduce"] == {"max_abs_alpha_change": 0.0, "mean_tv": 0.0, "max_tv": 0.0,
+                               "mean_top_weight": pytest.approx(1 / 8), "uniform_weight": 1 / 8}
+    with pytest.raises(ValueError, match="normal α shapes differ"):
+        genotypes.alpha_movement(start, {"normal": np.zeros((14, 7)), "reduce": np.zeros((14, 8))})

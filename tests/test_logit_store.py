@@ -132,6 +132,29 @@ def test_stored_views_are_the_training_pipelines_views(built):
             np.testing.assert_array_equal(d[key], t[key])
 
 
+def test_a_label_stream_with_the_stores_views_equals_the_distill_stream_for_any_seed(built):
+    """Equal data for paper B's arms: a run on labels with the store's seed and epochs sees the
+    distillation run's images in its order, also past the stored epochs (replay)."""
+    directory, _, _ = built
+    src, store = _source(), ls.LogitStore.open(str(directory))
+    num_steps = 20  # 200 positions: 4 epochs of 50, the last one past the E = 3 stored.
+    for seed in (SEED + 1, SEED + 7):
+        labels = data.train_iterator(src, batch_size=10, num_steps=num_steps, seed=seed, augment_config=AUG,
+                                     augment_seed=SEED, view_epochs=E)
+        distill = ls.distill_iterator(src, store, batch_size=10, num_steps=num_steps, seed=seed)
+        for t, d in zip(labels, distill):
+            for key in ("image", "label", "index", "epoch", "aug_seed"):
+                np.testing.assert_array_equal(d[key], t[key])
+    # Without them the views differ (the test can fail): fresh views from the run's own seed.
+    fresh = next(iter(data.train_iterator(src, batch_size=10, num_steps=1, seed=SEED + 1, augment_config=AUG)))
+    first = next(iter(ls.distill_iterator(src, store, batch_size=10, num_steps=1, seed=SEED + 1)))
+    assert not np.array_equal(fresh["aug_seed"], first["aug_seed"])
+    with pytest.raises(ValueError, match="view_epochs must be an int >= 1"):
+        data.train_iterator(src, batch_size=10, num_steps=1, seed=0, view_epochs=0)
+    with pytest.raises(ValueError, match="augment_seed must be an int >= 0"):
+        data.train_iterator(src, batch_size=10, num_steps=1, seed=0, augment_seed=-1)
+
+
 def test_soft_targets_follow_eq6():
     # By hand: K = 2 of C = 5, remainder (1 - 0.7) / 3 = 0.1.
     want = np.array([[0.2, 0.1, 0.1, 0.5, 0.1]], np.float32)

@@ -148,7 +148,9 @@ def _study_config(vit_dir):
     config.study.methods = ("l_tosc_kd", "l_tosc")
     config.study.seeds = (0,)
     config.study.train_sizes = (512,)  # The whole set: the main run is reused (subsets: test_logit_store).
-    config.study.size_epoch_scale = {}
+    config.study.size_seeds = (0,)
+    config.study.size_snrs_db = (-4.0, 0.0)
+    config.study.loss_ablation, config.study.betas, config.study.ablation_seeds = (), (), (0,)
     config.study.ablation_steps = 1
     config.export.latency_repeats = 2
     config.mesh.num_devices = 2
@@ -162,6 +164,7 @@ def test_study_runs_every_stage_writes_the_report_and_resumes(tmp_path, monkeypa
     config.data.num_train_examples = 384
     config.study.train_sizes = (256, 512)
     config.study.size_methods = ("l_tosc_kd",)
+    config.study.loss_ablation, config.study.betas = ("l_tosc_kd_kl",), (10.0,)
     workdir = str(tmp_path / "study")
     results = ltosc.study(config, workdir)
 
@@ -183,23 +186,34 @@ def test_study_runs_every_stage_writes_the_report_and_resumes(tmp_path, monkeypa
     assert ablation["storage"]["records"] == 384 * 2
     assert ablation["seconds_per_step"]["l_tosc_kd"] > 0 and ablation["speedup"] > 0
     assert results["store_verification"]["max_abs_prob_diff"] < 1e-2
-    assert {row[1] for row in results["train_size"]["rows"]} == {256, 512}
+    assert {row[1] for row in results["train_size"]["rows"]} == {"256", "512"}
     main_run = json.load(open(os.path.join(workdir, "runs", "l_tosc_kd", "seed0", "summary.json")))
-    reused = json.load(open(os.path.join(workdir, "runs", "size512", "l_tosc_kd", "summary.json")))
+    reused = json.load(open(os.path.join(workdir, "runs", "size512", "l_tosc_kd", "seed0", "summary.json")))
     assert reused == main_run  # 512 >= the study's 384 examples: the main run is that point.
-    subset = json.load(open(os.path.join(workdir, "runs", "size256", "l_tosc_kd", "summary.json")))
+    subset = json.load(open(os.path.join(workdir, "runs", "size256", "l_tosc_kd", "seed0", "summary.json")))
     assert subset["num_train_examples"] == 256 and main_run["num_train_examples"] == 384
-    # Equal compute, from the arms' summaries: the same optimiser steps on the same number of examples.
+    assert subset["steps"] == main_run["steps"] == 12  # The size sweep is fixed-step: equal compute per size.
+    # Equal compute, from the arms' summaries: the same optimiser steps on the same number of examples,
+    # and the same data (the label arm reads the store's augmented views).
     arms = [json.load(open(os.path.join(workdir, "runs", m, "seed0", "summary.json"))) for m in ("l_tosc_kd", "l_tosc")]
     assert {(a["steps"], a["examples_seen"]) for a in arms} == {(12, 12 * 32)}  # ceil(384 / 32) steps of 32.
+    assert len({a["data_stream"] for a in arms}) == 1 and "store's views" in arms[0]["data_stream"]
     assert results["compute"]["equal"] and len(results["compute"]["arms"]) == 2
     # Claims with verdicts over the seeds each arm ran (one here: inconclusive), against the PCA teacher.
     claims = {c["claim"]["name"]: c for c in results["claims"]}
     assert "L-TOSC-KD beats L-TOSC at 0 dB (awgn)" in claims
+    assert "the IB loss beats the KL loss at 0 dB (rayleigh)" in claims
+    # The loss ablations: the main β, the KL loss and β = 10, each trained like the main runs.
+    assert set(results["loss_ablations"]) == {"L-TOSC-KD, IB loss, β = 100 (main runs)", "L-TOSC-KD, KL loss",
+                                              "L-TOSC-KD, IB loss, β = 10"}
+    beta_run = json.load(open(os.path.join(workdir, "runs", "beta10", "l_tosc_kd", "seed0", "config.json")))
+    main_config = json.load(open(os.path.join(workdir, "runs", "l_tosc_kd", "seed0", "config.json")))
+    assert beta_run["objective"]["beta"] == 10.0 and beta_run["train"] == main_config["train"]
     assert "L-TOSC-KD beats the teacher at -4 dB (rayleigh; teacher through its linear codec trained under noise at 4 symbols)" in claims
     assert {c["verdict"] for c in claims.values()} == {"inconclusive"}
     report = open(os.path.join(workdir, "report.md")).read()
     for heading in ("Accuracy vs SNR, awgn", "FDM ablation", "training-set size", "Paper B's claims", "verdict",
+                    "Loss ablations: IB vs KL",
                     "Compute per arm", "| L-TOSC-KD (4 symbols) |", "| teacher, PCA 4 symbols |"):
         assert heading in report, heading
     for plot in ("accuracy_vs_snr.png", "accuracy_vs_train_size.png"):

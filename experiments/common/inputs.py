@@ -87,13 +87,14 @@ def input_normalization(config, channels: int) -> tuple[tuple[float, ...], tuple
 
 
 def train_iterator(config, source_, *, batch_size: int, num_steps: int, seed: int,
-                   preprocess_config: data.PreprocessConfig | None = None, augment_config=None):
-    """This process's share of the shuffled, augmented training batches (checkpointable)."""
+                   preprocess_config: data.PreprocessConfig | None = None, augment_config=None, **views):
+    """This process's share of the shuffled, augmented training batches (checkpointable);
+    ``views``: ``augment_seed``/``view_epochs`` of ``rkdsc_jax.data.train_iterator``."""
     return data.train_iterator(
         source_, batch_size=batch_size, num_steps=num_steps, seed=seed,
         augment_config=augment(config) if augment_config is None else augment_config,
         preprocess_config=preprocess_config, process_index=jax.process_index(),
-        process_count=jax.process_count(), worker_count=config.data.get("worker_count", 0))
+        process_count=jax.process_count(), worker_count=config.data.get("worker_count", 0), **views)
 
 
 def eval_batches(source_, batch_size: int, preprocess_config: data.PreprocessConfig | None = None):

@@ -69,8 +69,11 @@ class RunLayout:
         """``runs/<method>/seed<s>``, or ``runs/<method>`` for a run without seeds."""
         return self.method_dir(method) if seed is None else self.method_dir(method) / f"seed{seed}"
 
-    def size_run(self, size: int, method: str) -> epath.Path:
-        return self.root / "runs" / f"size{size}" / method
+    def size_run(self, size: int, method: str, seed: int) -> epath.Path:
+        return self.root / "runs" / f"size{size}" / method / f"seed{seed}"
+
+    def beta_run(self, beta: float, method: str, seed: int) -> epath.Path:
+        return self.root / "runs" / f"beta{beta:g}" / method / f"seed{seed}"
 
     def export(self, method: str, seed: int) -> epath.Path:
         return self.export_dir or self.root / "export" / f"{method}_seed{seed}"

@@ -549,6 +549,7 @@ def _check_pipeline(c: _Checker, mode: str, classes: int | None) -> None:
     c.text("stage2.init_from", optional=True)
     _check_model_sizes(c, "baselines.cnn")
     c.integer("baselines.cnn_decoder_hidden")
+    c.integer("baselines.num_steps", optional=True)
     seeds = c.integers("pipeline.seeds", 0)
     methods = c.names("pipeline.methods", PIPELINE_METHODS)
     _check_export(c, EXPORTABLE_PIPELINE_METHODS, seeds, mode == "rkdsc", methods)
@@ -600,6 +601,8 @@ def _check_study(c: _Checker, mode: str, classes: int | None) -> None:
     c.integer("store.batch_size")
     c.integer("store.shard_size")
     c.integer("store.verify_samples")
+    c.integer("store.seed", minimum=0)
+    c.boolean("store.shared_views")
     c.choice("model.student", sorted(tosc.ENCODERS))
     encoders = c.get("model.encoders")
     if encoders is not _MISSING and hasattr(encoders, "keys"):
@@ -625,35 +628,20 @@ def _check_study(c: _Checker, mode: str, classes: int | None) -> None:
     seeds = c.integers("study.seeds", 0)
     sizes = c.integers("study.train_sizes")
     c.names("study.size_methods", methods_all, empty_ok=True)
-    c.floats("study.size_snrs_db", what=" (SNR in dB)")
-    scale = c.get("study.size_epoch_scale")
-    if scale is not _MISSING and scale is not None:
-        if not hasattr(scale, "items"):
-            c.bad("study.size_epoch_scale", scale, "must be a dict {train size as a string: epoch factor}")
-        else:
-            for key, factor in scale.items():
-                if not str(key).isdigit() or not _is_number(factor) or not math.isfinite(factor) or factor <= 0:
-                    c.bad(f"study.size_epoch_scale[{key!r}]", factor,
-                          "keys must be training-set sizes ('1000') and factors finite numbers > 0")
+    size_snrs, snrs = c.floats("study.size_snrs_db", what=" (SNR in dB)"), c.get("eval.snrs_db", None)
+    if size_snrs and isinstance(snrs, (tuple, list)):
+        missing = [s for s in size_snrs if s not in snrs]
+        if missing:  # The full-size point is the main run, evaluated at eval.snrs_db only.
+            c.bad("study.size_snrs_db", c.get("study.size_snrs_db"),
+                  f"{', '.join(f'{s:g}' for s in missing)} dB not in eval.snrs_db: the size sweep reuses the main "
+                  "runs, so its SNRs must be evaluated ones")
+    c.integer("study.size_steps", optional=True)
+    c.integers("study.size_seeds", 0)
     c.integer("study.ablation_steps")
-    _warn_short_sweep_runs(c, sizes, scale)
+    c.names("study.loss_ablation", ("l_tosc_kd_kl", "l_tosc_kd_online"), empty_ok=True)
+    c.floats("study.betas", low=0.0, empty_ok=True, what=" (β of eq. 13)")
+    c.integers("study.ablation_seeds", 0, empty_ok=True)
     _check_export(c, methods_all, seeds, mode == "ltosc_study", methods)
-
-
-def _warn_short_sweep_runs(c: _Checker, sizes, scale) -> None:
-    """The size sweep's runs last ``num_epochs × size_epoch_scale`` epochs of their subset: say when
-    one of them ends inside the warm-up (legal, but its learning rate never peaks)."""
-    batch, epochs, warmup = c.get("train.batch_size", None), c.get("train.num_epochs", None), c.get(
-        "train.warmup_steps", None)
-    if not sizes or not all(_is_number(v) and v > 0 for v in (batch, epochs)) or not _is_int(warmup):
-        return
-    factors = scale if hasattr(scale, "get") else {}
-    for size in sizes:
-        factor = factors.get(str(size), 1.0)
-        steps = max(1, math.ceil(epochs * (factor if _is_number(factor) else 1.0) * size / batch))
-        if warmup >= steps:
-            _warn(f"study.train_sizes: the {size}-example run trains {steps} steps, within train.warmup_steps="
-                  f"{warmup}: its learning rate never peaks (raise study.size_epoch_scale['{size}']).")
 
 
 def _check_darts(c: _Checker, mode: str, classes: int | None) -> None:

@@ -4,10 +4,14 @@
 
 runs every stage (mode ``ltosc_study``): fine-tune EfficientNet-Lite0 (ImageNet weights)
 on Fashion-MNIST at 32 px, store its top-3 probabilities for every augmented view of 3
-epochs, train L-TOSC-KD and the baselines for 3 seeds, the teacher over the channel,
-the training-set-size sweep and the FDM ablation, export L-TOSC-KD's transmitter and
-receiver, then ``report.md`` (~75 minutes on 2 CPU cores).  Rerunning resumes.
+epochs, train L-TOSC-KD and the baselines for 3 seeds, the teacher over the channel (also
+at the students' 16 symbols), the training-set-size sweep (fixed-step, 3 seeds) and the FDM
+ablation, export L-TOSC-KD's transmitter and receiver, then ``report.md``.  Rerunning resumes.
 ``--config.mode=ltosc --config.method=l_tosc`` trains one method alone.
+
+Equal data and compute (issue 19): every arm trains the same steps, and the arms trained on
+labels read the store's augmented views (``store.shared_views``), so each seed's arms see the
+same images in the same order; the size sweep trains every size for the main runs' steps.
 
 Choices: K = 3 of C = 10 classes (paper B keeps 10 of 1000; with 10 classes K = 10 would
 store everything); one model per method serves AWGN and Rayleigh (the channel is drawn
@@ -51,6 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.store.batch_size = 256
     config.store.shard_size = 15360
     config.store.verify_samples = 256
+    config.store.seed = 0  # The augmented views' seed; the runs' seeds only set their order.
+    config.store.shared_views = True  # Arms trained on labels see the store's views too (equal data).
 
     config.model = ml_collections.ConfigDict()
     config.model.student = "tinyvit"
@@ -92,10 +98,17 @@ def get_config() -> ml_collections.ConfigDict:
     config.study.seeds = (0, 1, 2)
     config.study.train_sizes = (1000, 6000, 60000)
     config.study.size_methods = ("l_tosc_kd", "l_tosc")
-    config.study.size_snrs_db = (0.0,)
-    # Small subsets get more epochs so every size trains for a comparable number of steps.
-    config.study.size_epoch_scale = ml_collections.ConfigDict({"1000": 10.0, "6000": 4.0})
-    config.study.ablation_steps = 20
+    config.study.size_seeds = (0, 1, 2)
+    config.study.size_snrs_db = (-4.0, 0.0, 8.0)
+    # Every size trains the main runs' steps (None) with their schedule: equal compute, and the
+    # warm-up and decay complete at every size (small subsets replay the store's views).
+    config.study.size_steps = field(None, int)
+    config.study.ablation_steps = 20  # FDM ablation: steps timed per distillation mode.
+    # Loss ablations of L-TOSC-KD, same steps and data as the main runs: the KL distillation loss
+    # instead of the IB loss, and other β (the main runs use objective.beta).
+    config.study.loss_ablation = ("l_tosc_kd_kl",)
+    config.study.betas = (10.0, 1000.0)
+    config.study.ablation_seeds = (0, 1, 2)
 
     config.export = common.export("l_tosc_kd")  # Any method of study.methods.
     config.mesh = common.mesh()

@@ -56,6 +56,7 @@ def get_config():
     config.study.methods = ("l_tosc_kd", "l_tosc", "res_tosc", "eff_tosc")
     config.study.seeds = (0,)
     config.study.train_sizes = (600_000, 1_281_167)
-    config.study.size_epoch_scale = {"600000": 2.0}
+    config.study.size_seeds = (0,)
+    config.study.ablation_seeds = (0,)
     config.mesh.host_devices = None
     return config

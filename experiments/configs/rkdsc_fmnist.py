@@ -102,6 +102,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.baselines = ml_collections.ConfigDict()
     config.baselines.cnn = dict(features=(32, 64))
     config.baselines.cnn_decoder_hidden = 256
+    # None: stage 1 + stage 2's steps (RKD-SC's whole training), with stage 2's schedule and batch.
+    config.baselines.num_steps = field(None, int)
 
     config.channel = common.channel()
 

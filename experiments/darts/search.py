@@ -222,11 +222,13 @@ def search(config, workdir: str) -> dict:
                             checkpoint_every=config.train.checkpoint_every,
                             keep_checkpoints=config.train.keep_checkpoints, epoch_steps=steps_per_epoch)
     hooks = [train.PeriodicAction(steps_per_epoch, snapshots, split="val", at_end=False, on_start=snapshots.on_start)]
+    initial_arch = jax.device_get(state.arch)  # The seed's α before any step (also when resuming).
     state, fitted = train.fit(state=state, train_step=step_fn, train_iter=iterator, mesh=mesh, workdir=str(workdir),
                               config=loop, batch_keys=("image", "label", "val_image", "val_label"), hooks=hooks,
                               name="search")
 
     arch = jax.device_get(state.arch)
+    movement = genotypes.alpha_movement(initial_arch, arch)
     genotype = derive(arch)
     genotype = genotypes.Genotype(genotype.normal, genotype.normal_concat, genotype.reduce, genotype.reduce_concat,
                                   {"name": workdir.name, "seed": config.seed, "lam": hp.lam, "mu": hp.mu,
@@ -241,13 +243,18 @@ def search(config, workdir: str) -> dict:
                                                        sample_shape),
         "derived_params_at": {"channels": r.channels, "layers": r.layers},
         "complexity": float(complexity(arch)), "expected_cell_params": complexity.expected_params(arch),
+        "initial_complexity": float(complexity(initial_arch)), "alpha_movement": movement,
+        "complexity_normalization": s.get("complexity_normalization", "global"),
         "val": snapshots.val, "train": fitted["train"], "devices": mesh.size,
         "total_wall_time_s": time.perf_counter() - start,
     }
     results.write_json(workdir / "genotype.json", genotype.to_dict())
     results.write_json(workdir / "summary.json", summary, checksum=True)
-    logging.info("Search done: %s; derived network %s params (%d cells, %d channels).",
-                 genotypes.op_histogram(genotype), f"{summary['derived_params']:,}", r.layers, r.channels)
+    logging.info("Search done: %s; derived network %s params (%d cells, %d channels); α moved: softmax TV per "
+                 "edge %.3f normal / %.3f reduce (mean), complexity %.4f → %.4f.",
+                 genotypes.op_histogram(genotype), f"{summary['derived_params']:,}", r.layers, r.channels,
+                 movement["normal"]["mean_tv"], movement["reduce"]["mean_tv"], summary["initial_complexity"],
+                 summary["complexity"])
     return summary
 
 

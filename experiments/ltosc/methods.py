@@ -60,8 +60,10 @@ def run_identity(config, layout: RunLayout) -> dict:
     """One method's run: every field but the study's lists (and, for a method trained on labels, the
     teacher's and store's), and the teacher and store it consumes."""
     targets = _method(config)["targets"]
-    if targets == "labels":
-        return results.run_identity(config, exclude=("teacher", "store"))
+    if targets == "labels":  # The store's views, not its contents (see Setup.train_iterator).
+        store_contents = ("directory", "top_k", "temperature", "batch_size", "shard_size", "verify_samples")
+        views = () if config.store.get("shared_views", False) else ("seed", "num_epochs", "shared_views")
+        return results.run_identity(config, exclude=("teacher", *(f"store.{f}" for f in store_contents + views)))
     found = {"teacher": teacher_lib.teacher_input(config, layout)}
     if targets == "store":
         found["store"] = workdir_lib.artifact_fingerprint(layout.store)
@@ -159,8 +161,11 @@ class Setup:
                       process_count=jax.process_count(), worker_count=self.config.data.worker_count)
         if self.store is not None:
             return logit_store.distill_iterator(self.train_source, self.store, **common)
+        views = {}
+        if self.config.store.get("shared_views", False):  # Equal data: the distilled arms' images, same order.
+            views = dict(augment_seed=self.config.store.seed, view_epochs=self.config.store.num_epochs)
         return inputs.train_iterator(self.config, self.train_source, batch_size=common["batch_size"],
-                                     num_steps=num_steps, seed=seed, preprocess_config=self.preprocess)
+                                     num_steps=num_steps, seed=seed, preprocess_config=self.preprocess, **views)
 
     @property
     def batch_keys(self) -> tuple[str, ...]:
@@ -202,8 +207,11 @@ def data_stream(config, setup: "Setup") -> str:
     """Which augmented views a run trains on: the store's (FDM replays its pre-stored epochs) or
     fresh ones drawn by the input pipeline."""
     augment = config.data.get("augment", "none")
-    if setup.store is not None:
-        return f"stored views of {config.store.num_epochs} augmented epochs ({augment})"
+    if setup.store is not None or config.store.get("shared_views", False):
+        epochs = setup.num_steps * config.train.batch_size / len(setup.train_source)
+        replay = f", replayed over {epochs:.3g} epochs" if epochs > config.store.num_epochs else ""
+        return (f"the store's views of {config.store.num_epochs} augmented epochs (seed {config.store.seed}, "
+                f"{augment}){replay}")
     return f"fresh augmentation ({augment})"
 
 

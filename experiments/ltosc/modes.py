@@ -2,8 +2,8 @@
 and ``export``.
 
 Stages: fine-tune the teacher, store its top-K probabilities (and verify them), train every
-method and seed, the teacher over the channel (LA-TOSC), the training-set-size sweep, the FDM
-ablation, export L-TOSC-KD, the report.  Every stage is skipped when its output exists, so an
+method and seed, the loss ablations (KL instead of IB, the β sweep), the teacher over the channel
+(LA-TOSC), the training-set-size sweep, the FDM ablation, export L-TOSC-KD, the report.  Every stage is skipped when its output exists, so an
 interrupted study resumes where it stopped.
 """
 
@@ -80,9 +80,6 @@ def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
     layout.root.mkdir(parents=True, exist_ok=True)
     seeds = inputs.tuple_field(config, "study.seeds", int)
     study_methods = inputs.tuple_field(config, "study.methods", str)
-    sizes = inputs.tuple_field(config, "study.train_sizes", int)
-    size_methods = inputs.tuple_field(config, "study.size_methods", str)
-    size_snrs = inputs.tuple_field(config, "study.size_snrs_db", (int, float))
     with workdir_lib.WorkdirLock(layout.root):
         stages = 8
         if config.teacher.finetune.enabled:
@@ -105,35 +102,14 @@ def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 results.run_once(run_dir, lambda: methods.train_method(child, str(run_dir), study_dir=workdir),
                                  methods.run_identity(child, layout))
 
+        results.stage("ablations: IB vs KL loss, the β sweep", 3, stages)
+        _ablations(config, workdir, layout)
+
         results.stage("the teacher over the channel (LA-TOSC)", 4, stages)
         _la_tosc(config, workdir)
 
         results.stage("accuracy vs training-set size", 5, stages)
-        # The study's own training set (data.num_train_examples of the split): sizes at or above it
-        # are its main run; smaller ones are nested subsets of it, which the store covers.
-        full_size = len(inputs.train_source(config))
-        for size in sizes:
-            for method in size_methods:
-                run_dir = layout.size_run(size, method)
-                if size >= full_size:  # The main run of the first seed is this point.
-                    main_dir = layout.run(method, seeds[0])
-                    main = results.read_json(main_dir / "summary.json")
-                    if main is not None:
-                        results.write_json(run_dir / "summary.json", main, checksum=True)
-                        if workdir_lib.recorded(main_dir) is not None:
-                            results.write_json(run_dir / workdir_lib.RUN_FILE, workdir_lib.recorded(main_dir))
-                        continue
-                subset = {"num_train_examples": min(size, full_size)}
-                if config.data.get("num_train_examples") is not None:  # Nested in the study's own subset.
-                    subset["subset_of"] = config.data.num_train_examples
-                child = methods.method_config(config, method, seeds[0], **subset)
-                with child.unlocked():
-                    child.eval.snrs_db = size_snrs
-                    child.train.num_steps = None
-                    child.train.num_epochs = config.train.num_epochs * config.study.size_epoch_scale.get(str(size),
-                                                                                                        1.0)
-                results.run_once(run_dir, lambda: methods.train_method(child, str(run_dir), study_dir=workdir),
-                                 methods.run_identity(child, layout))
+        _size_sweep(config, workdir, layout)
 
         results.stage("FDM ablation: storage and time per epoch", 6, stages)
         path = layout / "fdm_ablation.json"
@@ -149,6 +125,54 @@ def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
         results.stage("report", 8, stages)
         return report.write_report(config, workdir)
+
+
+def _ablations(config, workdir: str, layout: RunLayout) -> None:
+    """Paper B's loss ablations, each seed of ``study.ablation_seeds`` like the main runs: L-TOSC-KD
+    with the KL distillation loss instead of the IB loss (``study.loss_ablation``), and with every β
+    of ``study.betas`` (the main runs are the config's own β)."""
+    seeds = inputs.tuple_field(config, "study.ablation_seeds", int)
+    for method in inputs.tuple_field(config, "study.loss_ablation", str):
+        for seed in seeds:
+            child, run_dir = methods.method_config(config, method, seed), layout.run(method, seed)
+            results.run_once(run_dir, lambda: methods.train_method(child, str(run_dir), study_dir=workdir),
+                             methods.run_identity(child, layout))
+    for beta in inputs.tuple_field(config, "study.betas", (int, float)):
+        for seed in seeds:
+            child, run_dir = methods.method_config(config, "l_tosc_kd", seed), layout.beta_run(beta, "l_tosc_kd", seed)
+            with child.unlocked():
+                child.objective.beta = float(beta)
+            results.run_once(run_dir, lambda: methods.train_method(child, str(run_dir), study_dir=workdir),
+                             methods.run_identity(child, layout))
+
+
+def _size_sweep(config, workdir: str, layout: RunLayout) -> None:
+    """Accuracy vs training-set size at equal compute: every size trains the main runs' steps (or
+    ``study.size_steps``) with their schedule, for every seed of ``study.size_seeds``; smaller sets are
+    nested random subsets of the study's, which the store covers."""
+    seeds = inputs.tuple_field(config, "study.seeds", int)
+    full_size = len(inputs.train_source(config))
+    num_steps = config.study.get("size_steps") or inputs.steps(config.train, full_size)
+    for size in inputs.tuple_field(config, "study.train_sizes", int):
+        for method in inputs.tuple_field(config, "study.size_methods", str):
+            for seed in inputs.tuple_field(config, "study.size_seeds", int):
+                run_dir = layout.size_run(size, method, seed)
+                main_dir = layout.run(method, seed)
+                main = results.read_json(main_dir / "summary.json")
+                if size >= full_size and seed in seeds and main is not None and main["steps"] == num_steps:
+                    results.write_json(run_dir / "summary.json", main, checksum=True)  # The same run.
+                    if workdir_lib.recorded(main_dir) is not None:
+                        results.write_json(run_dir / workdir_lib.RUN_FILE, workdir_lib.recorded(main_dir))
+                    continue
+                subset = {"num_train_examples": min(size, full_size)}
+                if config.data.get("num_train_examples") is not None:  # Nested in the study's own subset.
+                    subset["subset_of"] = config.data.num_train_examples
+                child = methods.method_config(config, method, seed, **subset)
+                with child.unlocked():
+                    child.eval.snrs_db = inputs.tuple_field(config, "study.size_snrs_db", (int, float))
+                    child.train.num_steps = num_steps  # Overrides num_epochs.
+                results.run_once(run_dir, lambda: methods.train_method(child, str(run_dir), study_dir=workdir),
+                                 methods.run_identity(child, layout))
 
 
 def _time_steps(setup: methods.Setup, num_steps: int) -> float:

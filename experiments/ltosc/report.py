@@ -114,13 +114,27 @@ def write_report(config, workdir: str) -> dict:
             ["method", "params", "transmitter params", "channel uses", "train examples/s"],
             [[r["method"], f"{r['params']:,}", f"{r['transmitter_params']:,}", r["num_symbols"],
               r["examples_per_second"]] for r in complexity]), ""]
+    ablations = _loss_ablations(config, layout)
+    if ablations:
+        out["loss_ablations"] = {label: by_seed_curves for label, by_seed_curves in ablations["curves"].items()}
+        lines += ["## Loss ablations: IB vs KL, and β (paper B §III-B)", "",
+                  f"L-TOSC-KD with the main runs' steps and data; the IB rows differ only in β of eq. 13 "
+                  f"(main runs: β = {config.objective.beta:g}), the KL row distils with the KL loss instead. "
+                  "Accuracy in %, mean ± 95 % CI over seeds.", ""]
+        for kind in config.eval.channels:
+            lines += [f"**{kind}**", "", evaluation.curves_table(
+                ablations["curves"], kind, [evaluation.snr_key(s) for s in config.eval.report_snrs_db],
+                confidence=CONFIDENCE if ablations["most_seeds"] >= 2 else None), ""]
     sizes = _size_sweep(config, layout)
     if sizes:
         out["train_size"] = sizes
         _plot_size_sweep(sizes, layout / "accuracy_vs_train_size.png")
         lines += ["## Accuracy vs training-set size (paper B Fig. 3)", "",
-                  evaluation.markdown_table(["method", "examples", *[f"{k} {s} dB" for k, s in sizes["points"]]],
-                                            sizes["rows"]), "", "![size](accuracy_vs_train_size.png)", ""]
+                  evaluation.markdown_table(["method", "examples", "seeds", "steps",
+                                             *[f"{k} {s} dB" for k, s in sizes["points"]]], sizes["rows"]), "",
+                  "Every size trains the same optimiser steps with the same schedule (equal compute); smaller "
+                  "sets are nested random subsets, so their runs see each example more often. Accuracy in %, "
+                  "mean ± 95 % CI over seeds.", "", "![size](accuracy_vs_train_size.png)", ""]
     ablation = results.read_json(layout / "fdm_ablation.json")
     if ablation:
         out["fdm_ablation"] = ablation
@@ -135,6 +149,9 @@ def write_report(config, workdir: str) -> dict:
         lines += export_lines
     verdicts = paper_claims(config, {m: seed_summaries(layout, m) for m in methods}, teacher, sizes, ablation,
                             test_images(config, layout))
+    kl = seed_summaries(layout, "l_tosc_kd_kl")
+    if kl:
+        verdicts += loss_claims(config, seed_summaries(layout, "l_tosc_kd"), kl, test_images(config, layout))
     if verdicts:
         out["claims"] = [v.as_dict() for v in verdicts]
         lines += ["## Paper B's claims on this data", "",
@@ -165,20 +182,67 @@ def _complexity_rows(layout: RunLayout, methods) -> list[dict]:
     return rows
 
 
+def _loss_ablations(config, layout: RunLayout) -> dict | None:
+    """{curves: {row label: {kind: {snr: [accuracy per seed]}}}, most_seeds} of L-TOSC-KD at its
+    main β, with the KL loss, and at each β of ``study.betas``."""
+    rows = {f"L-TOSC-KD, IB loss, β = {config.objective.beta:g} (main runs)": seed_summaries(layout, "l_tosc_kd"),
+            "L-TOSC-KD, KL loss": seed_summaries(layout, "l_tosc_kd_kl")}
+    for beta in config.study.get("betas", ()):
+        found = {seed: results.read_json(layout.beta_run(beta, "l_tosc_kd", seed) / "summary.json")
+                 for seed in config.study.ablation_seeds}
+        rows[f"L-TOSC-KD, IB loss, β = {beta:g}"] = {seed: s for seed, s in found.items() if s}
+    rows = {label: by_seed for label, by_seed in rows.items() if by_seed}
+    if len(rows) < 2:
+        return None
+    curves = {label: evaluation.collect_seeds([s["curves"] for s in by_seed.values()])
+              for label, by_seed in rows.items()}
+    return {"curves": curves, "most_seeds": max(len(v) for v in rows.values())}
+
+
+def loss_claims(config, ib: dict[int, dict], kl: dict[int, dict], images="all") -> list[stats.Verdict]:
+    """The IB loss against the KL loss at 0 dB, paired over the seeds both ran."""
+    verdicts = []
+    for kind in config.eval.channels:
+        a, b = _points(ib, kind, "0"), _points(kl, kind, "0")
+        if a and b:
+            claim = stats.Claim(f"the IB loss beats the KL loss at 0 dB ({kind})", "difference", ">=", 0.0,
+                                paper_value="> 0 (IB is the paper's loss)", unit="points",
+                                protocol=(f"{_arm_protocol('IB', ib)}; {_arm_protocol('KL', kl)}; {images} test "
+                                          f"images; {config.model.num_symbols} symbols"))
+            verdicts.append(stats.evaluate_claim(claim, a, b, CONFIDENCE))
+    return verdicts
+
+
 def _size_sweep(config, layout: RunLayout) -> dict | None:
-    rows, series = [], {}
+    """{points, rows (mean ± CI over seeds per method and size), series {label: {size: {point: mean}}},
+    per_seed {label: {size: {point: {seed: accuracy %}}}}, steps {label: {size: [steps]}}}."""
+    rows, series, per_seed, steps = [], {}, {}, {}
     points = [(kind, evaluation.snr_key(s)) for kind in config.eval.channels for s in config.study.size_snrs_db]
     for method in config.study.size_methods:
+        label = METHOD_LABELS.get(method, method)
         for size in config.study.train_sizes:
-            summary = results.read_json(layout.size_run(size, method) / "summary.json")
-            if not summary:
+            found = {seed: results.read_json(layout.size_run(size, method, seed) / "summary.json")
+                     for seed in config.study.size_seeds}
+            found = {seed: summary for seed, summary in found.items() if summary}
+            if not found:
                 continue
-            values = [summary["curves"][k][s] for k, s in points]
-            rows.append([f"{METHOD_LABELS.get(method, method)} ({summary['num_symbols']} symbols)", size,
-                         *[f"{100 * v:.2f}" for v in values]])
-            series.setdefault(METHOD_LABELS.get(method, method), {})[size] = dict(
-                zip([f"{k}@{s}" for k, s in points], values))
-    return {"points": points, "rows": rows, "series": series} if rows else None
+            values = {f"{k}@{s}": {seed: 100 * summary["curves"][k][s] for seed, summary in found.items()}
+                      for k, s in points}
+            estimates = [stats.mean_ci(list(v.values()), CONFIDENCE) for v in values.values()]
+            symbols = next(iter(found.values()))["num_symbols"]
+            rows.append([f"{label} ({symbols} symbols)", f"{size:,}", len(found),
+                         "/".join(str(v) for v in sorted({s.get("steps") for s in found.values()}, key=str)),
+                         *[_mean_pm(e) for e in estimates]])
+            per_seed.setdefault(label, {})[size] = values
+            series.setdefault(label, {})[size] = {key: e.mean for key, e in zip(values, estimates)}
+            steps.setdefault(label, {})[size] = sorted({s.get("steps") for s in found.values()}, key=str)
+    if not rows:
+        return None
+    return {"points": points, "rows": rows, "series": series, "per_seed": per_seed, "steps": steps}
+
+
+def _mean_pm(estimate: stats.Estimate) -> str:
+    return f"{estimate.mean:.2f} ± {estimate.half_width:.2f}" if estimate.has_ci else f"{estimate.mean:.2f}"
 
 
 def _plot_size_sweep(sizes: dict, path) -> None:
@@ -188,9 +252,11 @@ def _plot_size_sweep(sizes: dict, path) -> None:
     fig = Figure(figsize=(4.5 * len(keys), 3.6))
     axes = fig.subplots(1, len(keys), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        for method, by_size in sizes["series"].items():
+        for method, by_size in sizes["per_seed"].items():
             xs = sorted(by_size)
-            ax.plot(xs, [100 * by_size[x][key] for x in xs], marker="o", label=method)
+            estimates = [stats.mean_ci(list(by_size[x][key].values()), CONFIDENCE) for x in xs]
+            errors = [e.half_width if e.has_ci else 0.0 for e in estimates]
+            ax.errorbar(xs, [e.mean for e in estimates], yerr=errors, marker="o", capsize=3, label=method)
         ax.set_xscale("log")
         ax.set_xlabel("training examples")
         ax.set_title(key.replace("@", " at ") + " dB")
@@ -287,21 +353,22 @@ def paper_claims(config, arms: dict[str, dict[int, dict]], teacher: dict | None,
                                   f"{teacher['codec_fit_examples']:,} training images"))
                     verdicts.append(stats.evaluate_claim(claim, a, fixed, CONFIDENCE))
     if sizes:
-        full = max((size for by_size in sizes["series"].values() for size in by_size), default=None)
-        kd_series = sizes["series"].get(kd_label, {})
-        nokd_series = sizes["series"].get(METHOD_LABELS["l_tosc"], {})
-        shared = sorted(set(kd_series) & set(nokd_series))
-        if shared and shared[0] != full:
-            size = shared[0]
-            for point in kd_series[size]:
+        kd_sizes = sizes["per_seed"].get(kd_label, {})
+        nokd_sizes = sizes["per_seed"].get(METHOD_LABELS["l_tosc"], {})
+        shared = sorted(set(kd_sizes) & set(nokd_sizes))
+        full = max(shared, default=None)
+        for size in shared:
+            if size == full:
+                continue
+            steps = "/".join(map(str, sizes["steps"][kd_label][size] + sizes["steps"][METHOD_LABELS["l_tosc"]][size]))
+            for point, kd_values in kd_sizes[size].items():
                 kind, snr = point.split("@")
                 claim = stats.Claim(
                     f"with less data ({size:,} examples; the paper: 0.6M images), L-TOSC-KD beats L-TOSC ({kind}, "
                     f"{snr} dB)", "difference", ">=", 0.0, paper_value=15.5, unit="points",
-                    protocol=f"one seed per size ({size:,} of {full:,} examples, epochs scaled); {images} test "
-                             f"images; {k} symbols")
-                verdicts.append(stats.evaluate_claim(claim, {0: 100 * kd_series[size][point]},
-                                                     {0: 100 * nokd_series[size][point]}, CONFIDENCE))
+                    protocol=f"{size:,} of {full:,} examples, {steps} steps each (equal compute); seeds "
+                             f"{sorted(kd_values)}; {images} test images; {k} symbols")
+                verdicts.append(stats.evaluate_claim(claim, kd_values, nokd_sizes[size][point], CONFIDENCE))
     if ablation:
         seconds = ablation["seconds_per_step"]
         claim = stats.Claim("FDM: stored top-K logits train faster than the teacher in the loop", "ratio", ">=", 1.0,

@@ -17,8 +17,10 @@ from rkdsc_jax.distill import logit_store
 
 
 def store_identity(config, layout: RunLayout) -> dict:
-    """The store's identity: seed, data, teacher and store fields, and the teacher it was built from."""
-    return results.run_identity(config, only=("seed", "data", "teacher", "store"), exclude=("store.verify_samples",),
+    """The store's identity: data, teacher and store fields (its views' seed is ``store.seed``), and
+    the teacher it was built from."""
+    return results.run_identity(config, only=("data", "teacher", "store"),
+                                exclude=("store.verify_samples", "store.shared_views"),
                                 inputs={"teacher": teacher_lib.teacher_input(config, layout)})
 
 
@@ -32,7 +34,7 @@ def precompute_logits(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logit_store.precompute_logits(
         teacher.logits, source, layout.store, teacher_identity=teacher.identity(),
         num_epochs=config.store.num_epochs, top_k=config.store.top_k, temperature=config.store.temperature,
-        augment_config=inputs.augment(config), seed=config.seed, batch_size=config.store.batch_size,
+        augment_config=inputs.augment(config), seed=config.store.seed, batch_size=config.store.batch_size,
         shard_size=config.store.shard_size, process_index=jax.process_index(), process_count=jax.process_count(),
     )
     store = logit_store.LogitStore.open(layout.store, expect_teacher=teacher.identity())

@@ -158,7 +158,8 @@ def paper_claims(arms: dict[str, dict[int, dict]], teacher: dict | None,
     rk = arms.get("rkdsc", {})
     if complexity_by_seed:
         claim = stats.Claim("parameters cut (student transmitter + receiver vs teacher)", "value", ">=", 0.9406,
-                            paper_value=0.9406, protocol="exact parameter counts (the same for every seed)")
+                            paper_value=0.9406, protocol="exact parameter counts (the same for every seed)",
+                            exact=True)
         verdicts.append(stats.evaluate_claim(claim, complexity_by_seed, confidence=CONFIDENCE))
     high, low = snrs[-1], snrs[0]
     k = method_symbols(next(iter(rk.values()))) if rk else None
@@ -298,10 +299,9 @@ def write_report(config, workdir: str) -> dict:
             ("Every compared arm ran the same number of optimiser steps on the same number of examples." if equal else
              "Some runs predate the recording of their compute (no examples_seen in their summary.json): "
              "delete their directories to retrain them and have it recorded." if not recorded else
-             "**The compared arms did not get equal compute**: RKD-SC trains stage 1 and then stage 2, the "
-             "baselines (which train with stage 2's settings) only stage 2's steps; each claim's protocol says "
-             "so. Equalising it needs the baselines' step count set apart from stage 2's (a "
-             "`baselines.num_steps` = stage 1 + stage 2 steps; the config has no such field yet)."),
+             "**The compared arms did not get equal compute** (see the table; each claim's protocol says so). "
+             "The baselines train `baselines.num_steps` steps with stage 2's settings; leave it unset for RKD-SC's "
+             "stage 1 + stage 2 total."),
             ""]
     complexity = None
     rkdsc_runs, stage1_runs = _per_seed(layout, "rkdsc"), _per_seed(layout, "stage1")

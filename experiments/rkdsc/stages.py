@@ -44,8 +44,12 @@ def run_identity(config, layout: RunLayout, method: str, stage1_dir=None) -> dic
     found = {"teacher": teacher_lib.teacher_input(config, layout)}
     if config.student.encoder == "genotype" and not config.student.get("genotype"):
         found["search"] = workdir_lib.artifact_fingerprint(layout.search)
-    exclude = {"stage1": ("stage2", "baselines"), "rkdsc": ("stage1", "baselines"), "no_kd": ("stage1", "baselines"),
-               "cnn": ("stage1",)}[method]
+    # The baselines train as long as stage 1 + stage 2 together (baseline_steps): stage 1's length counts.
+    stage1_rest = tuple(f"stage1.{k}" for k in config.stage1.keys() if k not in ("num_steps", "num_epochs",
+                                                                                 "batch_size"))
+    exclude = {"stage1": ("stage2", "baselines"), "rkdsc": ("stage1", "baselines"),
+               "no_kd": (*stage1_rest, "baselines.cnn", "baselines.cnn_decoder_hidden"),
+               "cnn": stage1_rest}[method]
     if method == "rkdsc":
         found["stage1"] = workdir_lib.artifact_fingerprint(stage1_dir or layout.run("stage1", config.seed))
     return results.run_identity(config, exclude=exclude, inputs=found)
@@ -167,13 +171,21 @@ class Setup:
                                           kinds=self.config.eval.channels if kinds is None else kinds,
                                           mesh=self.mesh, seed=self.config.eval.seed)
 
-    def fit(self, state, step, stage, num_steps: int, workdir):
+    def fit(self, state, step, stage, num_steps: int, workdir, *, seed: int):
+        """Trains ``num_steps``; ``seed`` orders the data (each seed its own order, not the setup's)."""
         loop = train.LoopConfig(num_steps=num_steps, batch_size=stage.batch_size, log_every=stage.log_every,
                                 checkpoint_every=stage.checkpoint_every, keep_checkpoints=stage.keep_checkpoints,
                                 skip_nonfinite=bool(stage.get("skip_nonfinite", False)))
-        return train.fit(state=state, train_step=step, train_iter=self.train_iterator(stage, num_steps,
-                                                                                      self.config.seed),
+        return train.fit(state=state, train_step=step, train_iter=self.train_iterator(stage, num_steps, seed),
                          mesh=self.mesh, workdir=str(workdir), config=loop)
+
+
+def baseline_steps(config, num_examples: int) -> int:
+    """The baselines' optimiser steps: ``baselines.num_steps``, else as many as RKD-SC's whole
+    training (stage 1 + stage 2), so every compared arm gets equal compute (issue 19)."""
+    if config.baselines.get("num_steps"):
+        return int(config.baselines.num_steps)
+    return inputs.steps(config.stage1, num_examples) + inputs.steps(config.stage2, num_examples)
 
 
 def seed_config(config, seed: int) -> ml_collections.ConfigDict:
@@ -230,7 +242,8 @@ def train_stage1(config, workdir: str, *, setup: Setup) -> dict:
     logging.info("Student: %s parameters (encoder %s), %d tokens → teacher width %d; %d steps of batch %d.",
                  f"{train.param_count(state.params):,}", f"{train.param_count(state.params['encoder']):,}",
                  setup.system.num_tokens, setup.teacher_dim, num_steps, config.stage1.batch_size)
-    state, summary = setup.fit(state, setup.jit_with_teacher(step, variables), config.stage1, num_steps, workdir)
+    state, summary = setup.fit(state, setup.jit_with_teacher(step, variables), config.stage1, num_steps, workdir,
+                               seed=config.seed)
     clean = train.evaluate(train.jit_eval_step(rkd_steps.stage1_eval_step, setup.mesh), state,
                            setup.eval_batches()(), setup.mesh)
     curves = setup.curves(functools.partial(_stage1_over_channel_step, csi=config.channel.csi,
@@ -271,7 +284,8 @@ def train_stage2(config, workdir: str, *, setup: Setup, stage1_dir=None, distill
     identity = run_identity(config, setup.layout, "rkdsc" if distill else "no_kd", stage1_dir)
     workdir, start = results.start_run(config, workdir, f"{label} (seed {config.seed})", identity=identity)
     stage = config.stage2
-    num_steps = inputs.steps(stage, len(setup.train_source))
+    num_steps = (inputs.steps(stage, len(setup.train_source)) if distill
+                 else baseline_steps(config, len(setup.train_source)))
     state = setup.init_state(setup.system, train.make_optimizer(stage, num_steps), config.seed, method="init_all")
     objective = objective_from_config(config, "stage2")
     if distill:
@@ -286,7 +300,8 @@ def train_stage2(config, workdir: str, *, setup: Setup, stage1_dir=None, distill
     logging.info("%s: %s parameters, up to %d symbols per image (budgets %s); %d steps of batch %d.", label,
                  f"{train.param_count(state.params):,}", setup.system.max_symbols, objective.budgets, num_steps,
                  stage.batch_size)
-    state, summary = setup.fit(state, setup.jit_with_teacher(step, variables), stage, num_steps, workdir)
+    state, summary = setup.fit(state, setup.jit_with_teacher(step, variables), stage, num_steps, workdir,
+                               seed=config.seed)
     eval_step = functools.partial(rkd_steps.stage2_eval_step, csi=config.channel.csi,
                                   equalizer=config.channel.equalizer)
     curves = setup.curves(eval_step, state)
@@ -324,7 +339,7 @@ def train_cnn_baseline(config, workdir: str, *, setup: Setup, num_symbols: int) 
     workdir, start = results.start_run(config, workdir, f"CNN SemCom baseline (seed {config.seed})",
                                        identity=run_identity(config, setup.layout, "cnn"))
     stage = config.stage2
-    num_steps = inputs.steps(stage, len(setup.train_source))
+    num_steps = baseline_steps(config, len(setup.train_source))
     model = setup.cnn_spec(num_symbols).build()
     state = setup.init_state(model, train.make_optimizer(stage, num_steps), config.seed, snr_db=0.0,
                              channel_fn=lambda x: x, train=False)
@@ -332,7 +347,7 @@ def train_cnn_baseline(config, workdir: str, *, setup: Setup, num_symbols: int) 
                                      snr_range=tuple(stage.snr_range), channels=tuple(stage.channels),
                                      csi=config.channel.csi, equalizer=config.channel.equalizer)
     step = train.jit_train_step(functools.partial(tosc_steps.train_step, objective=objective), setup.mesh)
-    state, summary = setup.fit(state, step, stage, num_steps, workdir)
+    state, summary = setup.fit(state, step, stage, num_steps, workdir, seed=config.seed)
     curves = setup.curves(functools.partial(tosc_steps.eval_step, csi=config.channel.csi,
                                             equalizer=config.channel.equalizer), state)
     transmitter = train.param_count({k: v for k, v in state.params.items() if k != "decoder"})

@@ -237,12 +237,14 @@ class _TrainBatch:
     process_index: int
     augment_config: AugmentConfig
     preprocess_config: PreprocessConfig
+    view_epochs: int | None = None
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         positions = local_positions(step, self.global_batch, self.local_batch, self.process_index)
         epochs, indices = self.permutations(positions)
         batch = read_batch(self.source, indices)
-        aug_seeds = augmentation_seed(self.seed, indices, epochs)
+        view_epochs = epochs if self.view_epochs is None else epochs % self.view_epochs
+        aug_seeds = augmentation_seed(self.seed, indices, view_epochs)
         images = augment_batch(batch["image"], aug_seeds, self.augment_config)
         return {
             "image": preprocess(images, self.preprocess_config),
@@ -279,25 +281,38 @@ def train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     worker_count: int = 0,
+    augment_seed: int | None = None,
+    view_epochs: int | None = None,
 ) -> grain.DatasetIterator:
     """The process-local training batches for ``num_steps`` steps, as a grain iterator.
 
     ``batch_size`` is global.  The iterator's ``get_state()``/``set_state()`` (or orbax via
-    ``grain.checkpoint.CheckpointSave``) capture its position exactly.
+    ``grain.checkpoint.CheckpointSave``) capture its position exactly.  The order follows
+    ``seed``; the augmented views follow ``augment_seed`` (default ``seed``) and, with
+    ``view_epochs``, cycle through that many epochs' views: with a logit store's seed and
+    ``num_epochs`` a run trained on labels sees exactly the images a distillation run of the
+    same ``seed`` sees (``logit_store.distill_iterator``), so the two compare on equal data.
     """
     local_batch = check_sharding(batch_size, process_index, process_count)
     if len(source) < 1:
         raise ValueError(f"The training source {source!r} is empty.")
     check_stream(num_steps, seed)
+    augment_seed = seed if augment_seed is None else augment_seed
+    if not _int(augment_seed) or augment_seed < 0:
+        raise ValueError(f"augment_seed must be an int >= 0 (or None for the order's seed), got {augment_seed!r}.")
+    if view_epochs is not None and (not _int(view_epochs) or view_epochs < 1):
+        raise ValueError(f"view_epochs must be an int >= 1 (or None for fresh views every epoch), got "
+                         f"{view_epochs!r}.")
     make_batch = _TrainBatch(
         source=source,
         permutations=EpochPermutations(len(source), seed, shuffle),
-        seed=seed,
+        seed=augment_seed,
         global_batch=batch_size,
         local_batch=local_batch,
         process_index=process_index,
         augment_config=augment_config,
         preprocess_config=preprocess_config,
+        view_epochs=view_epochs,
     )
     dataset = grain.MapDataset.range(num_steps).map(make_batch).to_iter_dataset()
     return iter(maybe_prefetch(dataset, worker_count))

@@ -218,6 +218,25 @@ def op_histogram(genotype: Genotype) -> dict[str, dict[str, int]]:
     return out
 
 
+def alpha_movement(initial: Mapping[str, Any], final: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """How far a search moved α, per cell type: ``max_abs_alpha_change``; the total-variation
+    distance ½·Σ|softmax(α₁) − softmax(α₀)| per edge (``mean_tv``, ``max_tv``; 0: the mixture did
+    not change, 1: all weight moved to other ops); ``mean_top_weight``: the edges' mean largest op
+    weight (1/K when uniform, 1 when one-hot); ``uniform_weight`` = 1/K for comparison."""
+    out = {}
+    for cell_type in CELL_TYPES:
+        a0, a1 = np.asarray(initial[cell_type], np.float64), np.asarray(final[cell_type], np.float64)
+        if a0.shape != a1.shape:
+            raise ValueError(f"alpha_movement: {cell_type} α shapes differ, {a0.shape} vs {a1.shape}; pass the "
+                             "same search's α before and after.")
+        p0, p1 = _softmax(a0), _softmax(a1)
+        tv = 0.5 * np.abs(p1 - p0).sum(-1)
+        out[cell_type] = {"max_abs_alpha_change": float(np.abs(a1 - a0).max()), "mean_tv": float(tv.mean()),
+                          "max_tv": float(tv.max()), "mean_top_weight": float(p1.max(-1).mean()),
+                          "uniform_weight": 1.0 / a1.shape[-1]}
+    return out
+
+
 def alpha_snapshot(alphas: Mapping[str, Any], primitives: Sequence[str] = PRIMITIVES) -> dict[str, Any]:
     """JSON-ready α and softmax(α) per cell type (rows = edges in DARTS order)."""
     out = {"primitives": list(primitives)}

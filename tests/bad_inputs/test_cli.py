@@ -49,8 +49,8 @@ BAD = [
      "has no field 'batchsize' in train (did you mean 'batch_size'?)"),
     (("--config.train.batch_size=3",), RKDSC, main.CommandLineError,  # Paper A's stages have no `train`.
      "--config.train.batch_size: the config (%s) has no field 'train'" % RKDSC),
-    (("--config.study.size_epoch_scale.1000=2",), os.path.join(CONFIGS, "ltosc_fmnist.py"), main.CommandLineError,
-     "--config.study.size_epoch_scale.1000: not a field path"),
+    (("--config.study.size_seeds.1000=2",), os.path.join(CONFIGS, "ltosc_fmnist.py"), main.CommandLineError,
+     "--config.study.size_seeds.1000: not a field path"),
     (("--config.train.batch_size=abc",), SYNTHETIC, main.CommandLineError,
      "--config.train.batch_size=abc: must be an integer, e.g. --config.train.batch_size=32."),
     (("--config.train.learning_rate=fast",), SYNTHETIC, main.CommandLineError,
@@ -205,7 +205,7 @@ def _tuples(config, prefix=""):
     for key, value in config.items():
         if hasattr(value, "items"):
             if not all(str(k).isidentifier() for k in value.keys()):
-                continue  # e.g. study.size_epoch_scale {"1000": ...}: set as a whole dict.
+                continue  # A dict keyed by non-names: set as a whole dict.
             yield from _tuples(value, f"{prefix}{key}.")
         elif isinstance(value, tuple):
             yield f"{prefix}{key}", value

@@ -211,7 +211,11 @@ BAD = [
     ("ltosc_fmnist", {"study.methods": ("l_tosc_kd", "foo")}, "study.methods=('l_tosc_kd', 'foo'): unknown 'foo'"),
     ("ltosc_fmnist", {"model.student": "vit"}, "model.student='vit': must be one of"),
     ("ltosc_fmnist", {"export.method": "la_tosc"}, "export.method='la_tosc': must be one of"),
-    ("ltosc_fmnist", {"study.size_epoch_scale": {"abc": 2.0}}, "study.size_epoch_scale['abc']=2.0: keys must be"),
+    ("ltosc_fmnist", {"study.size_snrs_db": (0.0, 6.0)}, "study.size_snrs_db=(0.0, 6.0): 6 dB not in eval.snrs_db"),
+    ("ltosc_fmnist", {"study.size_steps": 0}, "study.size_steps=0: must be an integer >= 1"),
+    ("ltosc_fmnist", {"study.size_seeds": (0, 0)}, "study.size_seeds"),
+    ("ltosc_fmnist", {"store.seed": -1}, "store.seed=-1: must be an integer >= 0"),
+    ("rkdsc_fmnist", {"baselines.num_steps": 0}, "baselines.num_steps=0: must be an integer >= 1"),
     ("darts_fmnist", {"teacher.kind": "none"}, "teacher.kind='none': search.lam=0.5 distils from a teacher"),
     ("darts_fmnist", {"teacher.kind": "store"}, "teacher.kind='store': the logit store is not wired into the search"),
     ("darts_fmnist", {"search.cap_cells": ("normal", "middle")}, "search.cap_cells=('normal', 'middle'): unknown "
