@@ -3,7 +3,8 @@
 # 3 seeds of each search, a retrain of every derived cell, then the comparison table
 # (runs/darts_fmnist/comparison.{md,json}).  Two runs at a time, one per core: XLA's CPU
 # step uses little more than one core.  Rerun to resume; finished runs are skipped.
-#   bash scripts/darts_fmnist.sh [SEEDS...]     (default 0 1 2; VARIANTS="kdl plain" by default)
+#   bash scripts/darts_fmnist.sh [SEEDS...]     (default 0 1 2; VARIANTS="kdl plain" by default;
+#   VARIANTS="kdl kdl_pc plain" adds KDL-DARTS with C(α) normalised per cell type and μ = 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || bash scripts/setup.sh

@@ -197,3 +197,35 @@ def test_alpha_movement_against_hand_computed_distances():
                                "mean_top_weight": pytest.approx(1 / 8), "uniform_weight": 1 / 8}
     with pytest.raises(ValueError, match="normal α shapes differ"):
         genotypes.alpha_movement(start, {"normal": np.zeros((14, 7)), "reduce": np.zeros((14, 8))})
+
+
+def test_darts_comparison_claims_pair_the_variants_over_seeds(tmp_path):
+    from experiments.darts import comparison
+    from rkdsc_jax import files
+
+    # Retrained accuracy and parameters per seed; kdl_pc (optional) has runs, so it joins.
+    runs = {"kdl": ((0.80, 900), (0.82, 1000), (0.81, 1100)), "plain": ((0.79, 1000), (0.80, 1200), (0.80, 1300)),
+            "kdl_pc": ((0.77, 500), (0.78, 600), (0.77, 700))}
+    for variant, rows in runs.items():
+        for seed, (accuracy, params) in enumerate(rows):
+            files.atomic_write_json(str(tmp_path / f"{variant}_s{seed}" / "summary.json"), {
+                "val": {"accuracy": 0.5}, "complexity": 0.3, "total_wall_time_s": 60.0,
+                "op_histogram": {"normal": {"sep_conv_3x3": 2}, "reduce": {"max_pool_3x3": 2}},
+                "genotype": {"normal": [["sep_conv_3x3", 0]], "reduce": [["max_pool_3x3", 0]]},
+                "alpha_movement": {"normal": {"mean_tv": 0.125}, "reduce": {"mean_tv": 0.25}}})
+            files.atomic_write_json(str(tmp_path / f"{variant}_s{seed}_retrain" / "summary.json"), {
+                "eval": {"accuracy": accuracy}, "num_params": params, "total_wall_time_s": 60.0})
+    result = comparison.collect(str(tmp_path), [0, 1, 2])
+    assert list(result) == ["kdl", "kdl_pc", "plain"]
+    verdicts = {v.claim.name: v for v in comparison.claims(result)}
+    size = verdicts["KDL-DARTS (λ=0.5, τ=4, μ=0.1): fewer parameters than DARTS's cells"]
+    # Paired ratios 0.9, 1000/1200, 1100/1300.
+    assert size.effect == pytest.approx(np.mean([0.9, 1000 / 1200, 1100 / 1300]))
+    assert size.verdict == stats.REPRODUCED
+    accuracy = verdicts["KDL-DARTS (λ=0.5, τ=4, μ=1, C per cell type): higher accuracy than DARTS"]
+    assert accuracy.effect == pytest.approx(-7 / 3)  # Differences −2, −2, −3 points.
+    assert accuracy.verdict == stats.NOT_REPRODUCED  # sd 0.577, CI half-width t·sd/√3 = 1.43 < 2.33.
+    table = comparison.markdown(result)
+    assert "0.125 / 0.250" in table and "## Claims" in table
+    comparison.plot(result, tmp_path / "comparison.png")
+    assert (tmp_path / "comparison.png").stat().st_size > 1000

@@ -20,8 +20,9 @@ from experiments.configs.common import field
 
 
 def get_config(variant: str = "kdl") -> ml_collections.ConfigDict:
-    if variant not in ("kdl", "plain"):
-        raise ValueError(f"variant must be 'kdl' or 'plain', got {variant!r}.")
+    if variant not in ("kdl", "kdl_pc", "plain"):
+        raise ValueError(f"variant must be 'kdl', 'kdl_pc' (C(α) normalised per cell type, μ = 1) or 'plain', "
+                         f"got {variant!r}.")
     config = ml_collections.ConfigDict()
     config.mode = "search"
     config.seed = 0
@@ -38,13 +39,14 @@ def get_config(variant: str = "kdl") -> ml_collections.ConfigDict:
     s.order = "second"
     s.second_order_method = "unrolled"  # unrolled | hvp | finite_difference
     s.unroll_momentum = True
-    s.lam = 0.5 if variant == "kdl" else 0.0
+    s.lam = 0.0 if variant == "plain" else 0.5
     s.temperature = 4.0
-    s.mu = 0.1 if variant == "kdl" else 0.0
+    s.mu = {"kdl": 0.1, "kdl_pc": 1.0, "plain": 0.0}[variant]
     s.count_bn_affine = True
     # How C(α) is normalised (rkdsc_jax.nas.search.Complexity): "global" is the SPEC's
     # (reduction cells dominate it); "per_cell_type" weighs both cell types equally (μ ≈ 1).
-    s.complexity_normalization = "global"
+    # kdl_pc: μ·C's α-gradient within ~2× of the CE's in both cell types (benchmarks/penalty_scale.py).
+    s.complexity_normalization = "per_cell_type" if variant == "kdl_pc" else "global"
     s.w_lr = 0.025
     s.w_lr_min = 0.001
     s.w_momentum = 0.9
@@ -59,7 +61,7 @@ def get_config(variant: str = "kdl") -> ml_collections.ConfigDict:
     s.impl = "auto"
 
     config.teacher = ml_collections.ConfigDict()
-    config.teacher.kind = "classifier" if variant == "kdl" else "none"  # none | classifier | store
+    config.teacher.kind = "none" if variant == "plain" else "classifier"  # none | classifier | store
     config.teacher.workdir = "runs/cifar10_teacher"
     config.teacher.model = ml_collections.ConfigDict({"name": "small_cnn", "features": (32, 64),
                                                       "convs_per_stage": 1, "hidden": 128, "dropout": 0.25})

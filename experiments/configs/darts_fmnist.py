@@ -45,7 +45,7 @@ def get_config(variant: str = "kdl") -> ml_collections.ConfigDict:
     # 186 steps instead of DARTS's 39k: a 10× α learning rate lets α leave its 1e-3 start.
     s.a_lr = 3e-3
 
-    config.teacher.kind = "classifier" if variant == "kdl" else "none"
+    config.teacher.kind = "none" if variant == "plain" else "classifier"
     config.teacher.workdir = "runs/darts_fmnist/teacher"
 
     r = config.retrain

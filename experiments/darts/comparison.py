@@ -2,9 +2,11 @@
 
     python -m experiments.darts.comparison --runs=runs/darts_fmnist --seeds=0,1,2
 
-Reads ``{kdl,plain}_s{seed}/summary.json`` (search) and ``{kdl,plain}_s{seed}_retrain/summary.json``
-and writes ``comparison.json``, ``comparison.md`` and ``comparison.png`` (retrained test
-accuracy against parameters, one point per seed) into ``--runs``.
+Reads ``{variant}_s{seed}/summary.json`` (search) and ``{variant}_s{seed}_retrain/summary.json``
+for ``kdl`` and ``plain`` (and ``kdl_pc``, the per-cell-type penalty, when its runs exist) and
+writes ``comparison.json``, ``comparison.md`` (tables, how far α moved, the claims with 95 %
+CIs and verdicts) and ``comparison.png`` (the params-vs-accuracy plane: every seed, and each
+variant's mean ± CI) into ``--runs``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from absl import app, flags
 from etils import epath
 
 from experiments.common import results
-from rkdsc_jax import evaluation, files
+from rkdsc_jax import evaluation, files, stats
 from rkdsc_jax.nas.ops import PRIMITIVES
 from rkdsc_jax.nas.search_space import CELL_TYPES
 
@@ -24,7 +26,10 @@ _RUNS = flags.DEFINE_string("runs", "runs/darts_fmnist", "Directory holding the 
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to compare.")
 # DARTS's collapse shows as these ops crowding the convolutions out of the derived cells.
 COLLAPSE_OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect")
-VARIANTS = {"kdl": "KDL-DARTS (λ=0.5, τ=4, μ=0.1)", "plain": "DARTS (λ=μ=0)"}
+VARIANTS = {"kdl": "KDL-DARTS (λ=0.5, τ=4, μ=0.1)",
+            "kdl_pc": "KDL-DARTS (λ=0.5, τ=4, μ=1, C per cell type)", "plain": "DARTS (λ=μ=0)"}
+REQUIRED = ("kdl", "plain")  # Other variants join the comparison when their runs exist.
+CONFIDENCE = 0.95
 
 
 def _load(path: epath.Path) -> dict:
@@ -38,6 +43,8 @@ def collect(runs: str, seeds: list[int]) -> dict:
     """Per variant: one row per seed and the mean ± std of every number."""
     result = {}
     for variant in VARIANTS:
+        if variant not in REQUIRED and not (epath.Path(runs) / f"{variant}_s{seeds[0]}" / "summary.json").exists():
+            continue
         rows = []
         for seed in seeds:
             search = _load(epath.Path(runs) / f"{variant}_s{seed}" / "summary.json")
@@ -51,6 +58,9 @@ def collect(runs: str, seeds: list[int]) -> dict:
                 "op_histogram": search["op_histogram"],
                 "normal": [op for op, _ in search["genotype"]["normal"]],
                 "reduce": [op for op, _ in search["genotype"]["reduce"]],
+                # How far the search moved α (older summaries lack it): mean softmax TV per edge.
+                "alpha_tv": {cell: search.get("alpha_movement", {}).get(cell, {}).get("mean_tv")
+                             for cell in CELL_TYPES},
                 "search_minutes": search["total_wall_time_s"] / 60,
                 "retrain_minutes": retrain["total_wall_time_s"] / 60,
             })
@@ -69,6 +79,32 @@ def collect(runs: str, seeds: list[int]) -> dict:
     return result
 
 
+def claims(result: dict) -> list[stats.Verdict]:
+    """SPEC §4.1: KDL-DARTS finds cells with fewer parameters and higher accuracy than DARTS; each
+    KDL variant against plain DARTS, paired over the seeds (same data split, order and init)."""
+    plain = {r["seed"]: r for r in result["plain"]["runs"]}
+    verdicts = []
+    for variant, found in result.items():
+        if variant == "plain":
+            continue
+        kdl = {r["seed"]: r for r in found["runs"]}
+        protocol = (f"seeds {sorted(kdl)}; retrained networks, test accuracy of each; "
+                    f"{found['label']} vs {result['plain']['label']}")
+        size = stats.Claim(f"{found['label']}: fewer parameters than DARTS's cells", "ratio", "<=", 1.0,
+                           paper_value="< 1", unit="×", protocol=protocol)
+        verdicts.append(stats.evaluate_claim(size, {s: r["params"] for s, r in kdl.items()},
+                                             {s: r["params"] for s, r in plain.items()}, CONFIDENCE))
+        accuracy = stats.Claim(f"{found['label']}: higher accuracy than DARTS", "difference", ">=", 0.0,
+                               paper_value="> 0", unit="points", protocol=protocol)
+        verdicts.append(stats.evaluate_claim(accuracy, {s: 100 * r["test_accuracy"] for s, r in kdl.items()},
+                                             {s: 100 * r["test_accuracy"] for s, r in plain.items()}, CONFIDENCE))
+    return verdicts
+
+
+def _tv(value) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
 def markdown(result: dict) -> str:
     lines = ["| method | retrained test accuracy | parameters | C(α) | search val accuracy | pool/skip/none edges "
              "of 16 | normal cells' ops (all seeds) | reduction cells' ops |", "|---|---|---|---|---|---|---|---|"]
@@ -81,24 +117,36 @@ def markdown(result: dict) -> str:
                      f"{s['params']['std']:,.0f} | {s['complexity']['mean']:.3f} | "
                      f"{100 * s['search_val_accuracy']['mean']:.1f} % | {s['pool_skip_none_edges_per_seed']:.1f} | "
                      f"{ops[0]} | {ops[1]} |")
-    lines += ["", "| method | seed | test accuracy | parameters | normal cell | reduction cell | search min |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| method | seed | test accuracy | parameters | α moved (TV normal / reduce) | normal cell | "
+              "reduction cell | search min |", "|---|---|---|---|---|---|---|---|"]
     for variant in result.values():
         for r in variant["runs"]:
+            tv = r.get("alpha_tv", {})
             lines.append(f"| {variant['label']} | {r['seed']} | {100 * r['test_accuracy']:.2f} % | "
-                         f"{r['params']:,} | {', '.join(r['normal'])} | {', '.join(r['reduce'])} | "
-                         f"{r['search_minutes']:.1f} |")
+                         f"{r['params']:,} | {_tv(tv.get('normal'))} / {_tv(tv.get('reduce'))} | "
+                         f"{', '.join(r['normal'])} | {', '.join(r['reduce'])} | {r['search_minutes']:.1f} |")
+    lines += ["", "α moved: the mean over edges of the total-variation distance between softmax(α) before and "
+              "after the search (0: unchanged, 1: all weight moved; rkdsc_jax.nas.genotypes.alpha_movement)."]
+    verdicts = claims(result)
+    if verdicts:
+        lines += ["", "## Claims (SPEC §4.1), 95 % CI over seeds", "", stats.claim_table(verdicts)]
     return "\n".join(lines) + "\n"
 
 
 def plot(result: dict, path) -> None:
     from matplotlib.figure import Figure  # The object API: no global backend to select.
 
-    fig = Figure(figsize=(5, 3.6))
+    fig = Figure(figsize=(5.5, 3.8))
     ax = fig.subplots()
     for variant in result.values():
         runs = variant["runs"]
-        ax.scatter([r["params"] for r in runs], [100 * r["test_accuracy"] for r in runs], label=variant["label"])
+        params = stats.mean_ci([r["params"] for r in runs], CONFIDENCE)
+        accuracy = stats.mean_ci([100 * r["test_accuracy"] for r in runs], CONFIDENCE)
+        dots = ax.scatter([r["params"] for r in runs], [100 * r["test_accuracy"] for r in runs], alpha=0.4, s=18)
+        ax.errorbar([params.mean], [accuracy.mean], xerr=[params.half_width if params.has_ci else 0.0],
+                    yerr=[accuracy.half_width if accuracy.has_ci else 0.0], marker="o", capsize=3,
+                    color=dots.get_facecolor()[0][:3], label=f"{variant['label']} (mean ± 95 % CI)")
+    ax.set_title("Retrained networks: parameters vs accuracy (dots: seeds)", fontsize=9)
     ax.set_xlabel("parameters of the retrained network")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
@@ -112,7 +160,7 @@ def main(argv):
     runs = epath.Path(_RUNS.value)
     result = collect(runs, [int(s) for s in _SEEDS.value])
     table = markdown(result)
-    files.atomic_write_json(runs / "comparison.json", result)
+    files.atomic_write_json(runs / "comparison.json", result | {"claims": [v.as_dict() for v in claims(result)]})
     files.atomic_write_text(runs / "comparison.md", table)
     plot(result, runs / "comparison.png")
     print(table)
