@@ -41,7 +41,8 @@ def parse(*args, config=RKDSC, workdir="runs/x"):
 BAD = [
     ((), os.path.join(CONFIGS, "nope.py"), main.CommandLineError, "nope.py: no such config file"),
     ((), os.path.join(CONFIGS, "darts_fmnist.py:foo"), main.CommandLineError,
-     "darts_fmnist.py:foo: variant must be 'kdl' or 'plain', got 'foo'."),
+     "darts_fmnist.py:foo: variant must be 'kdl', 'kdl_pc' (C(α) normalised per cell type, μ = 1) or 'plain', "
+     "got 'foo'."),
     (("--config.trian.batch_size=3",), SYNTHETIC, main.CommandLineError,
      "--config.trian.batch_size: the config (%s) has no field 'trian' in the config (did you mean 'train'?)" % SYNTHETIC),
     (("--config.trian=3",), SYNTHETIC, main.CommandLineError, "--config.trian: the config"),
