@@ -72,22 +72,33 @@ def _bandwidth(layout: RunLayout) -> dict | None:
     return {"accuracy": table, "bandwidth_ratio": ratios, "input_size": input_size}
 
 
-def _plot_bandwidth(bandwidth: dict, path) -> None:
+def _plot_bandwidth(bandwidth: dict, teacher: dict, path) -> None:
+    """RKD-SC's CAT model per (channel, SNR) point, and the teacher through each equal-bandwidth
+    codec at the same symbols (dashed/dotted, same colour)."""
     from matplotlib.figure import Figure  # The object API: no global backend to select.
 
     fig = Figure(figsize=(5.5, 4))
     ax = fig.subplots()
+    codec_styles = {"linear": ("--", "s", "teacher, linear codec"), "pca": (":", "^", "teacher, PCA")}
     for point, by_budget in bandwidth["accuracy"].items():
         budgets = sorted(by_budget, key=int)
         stats = np.array([evaluation.mean_std(by_budget[b]) for b in budgets]) * 100
         x = [bandwidth["bandwidth_ratio"][b] for b in budgets]
         kind, snr = point.split("@")
-        line, = ax.plot(x, stats[:, 0], marker="o", label=f"{kind} {snr} dB")
+        line, = ax.plot(x, stats[:, 0], marker="o", label=f"RKD-SC, {kind} {snr} dB")
         ax.fill_between(x, stats[:, 0] - stats[:, 1], stats[:, 0] + stats[:, 1], alpha=0.2, color=line.get_color())
+        for codec, rows in (teacher or {}).get("equal_bandwidth", {}).items():
+            style, marker, name = codec_styles.get(codec, ("-.", "x", f"teacher, {codec}"))
+            found = [(bandwidth["bandwidth_ratio"][b], rows[b]["curves"].get(kind, {}).get(snr))
+                     for b in budgets if b in rows]
+            found = [(r, 100 * v) for r, v in found if v is not None]
+            if found:
+                ax.plot(*zip(*found), linestyle=style, marker=marker, ms=4, color=line.get_color(),
+                        label=f"{name}, {kind} {snr} dB")
     ax.set_xscale("log")
     ax.set_xlabel("bandwidth ratio (complex symbols / input values)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title("One variable-length CAT model")
+    ax.set_title("RKD-SC's CAT model and the teacher at the same symbols")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -258,7 +269,7 @@ def write_report(config, workdir: str) -> dict:
     bandwidth = _bandwidth(layout)
     if bandwidth:
         out["bandwidth"] = bandwidth
-        _plot_bandwidth(bandwidth, layout / "accuracy_vs_bandwidth.png")
+        _plot_bandwidth(bandwidth, teacher, layout / "accuracy_vs_bandwidth.png")
         points = sorted(bandwidth["accuracy"])
         budgets = sorted(bandwidth["bandwidth_ratio"], key=int)
         rows = []
