@@ -165,6 +165,7 @@ def test_study_runs_every_stage_writes_the_report_and_resumes(tmp_path, monkeypa
     config.study.train_sizes = (256, 512)
     config.study.size_methods = ("l_tosc_kd",)
     config.study.loss_ablation, config.study.betas = ("l_tosc_kd_kl",), (10.0,)
+    config.study.long_factor = 2
     workdir = str(tmp_path / "study")
     results = ltosc.study(config, workdir)
 
@@ -210,10 +211,16 @@ def test_study_runs_every_stage_writes_the_report_and_resumes(tmp_path, monkeypa
     main_config = json.load(open(os.path.join(workdir, "runs", "l_tosc_kd", "seed0", "config.json")))
     assert beta_run["objective"]["beta"] == 10.0 and beta_run["train"] == main_config["train"]
     assert "L-TOSC-KD beats the teacher at -4 dB (rayleigh; teacher through its linear codec trained under noise at 4 symbols)" in claims
+    # The longer-training check: both arms again with twice the main runs' steps, compared like them.
+    long_run = json.load(open(os.path.join(workdir, "runs", "long2x", "l_tosc", "seed0", "summary.json")))
+    assert long_run["steps"] == 2 * 12 and long_run["data_stream"] == arms[1]["data_stream"]
+    assert set(results["longer_training"]["curves"]) == {"L-TOSC-KD, 12 steps", "L-TOSC-KD, 24 steps",
+                                                         "L-TOSC, 12 steps", "L-TOSC, 24 steps"}
+    assert "L-TOSC-KD beats L-TOSC at 0 dB (awgn), 2× the steps" in claims
     assert {c["verdict"] for c in claims.values()} == {"inconclusive"}
     report = open(os.path.join(workdir, "report.md")).read()
     for heading in ("Accuracy vs SNR, awgn", "FDM ablation", "training-set size", "Paper B's claims", "verdict",
-                    "Loss ablations: IB vs KL",
+                    "Loss ablations: IB vs KL", "Longer training: have the arms converged?",
                     "Compute per arm", "| L-TOSC-KD (4 symbols) |", "| teacher, PCA 4 symbols |"):
         assert heading in report, heading
     for plot in ("accuracy_vs_snr.png", "accuracy_vs_train_size.png"):

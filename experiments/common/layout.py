@@ -9,6 +9,7 @@ A study (paper B) or pipeline (paper A) keeps all of its stages under one root::
     runs/<method>/seed<s>/    one trained method and seed (checkpoints, metrics, summary.json)
     runs/<name>/              an evaluation-only run (the teacher over the channel)
     runs/size<n>/<method>/    paper B's training-set-size sweep
+    runs/beta<β>/, long<f>x/  paper B's β sweep; its arms trained f times longer
     export/<method>_seed<s>/  the deployable transmitter and receiver
     report.md, results.json, *.png, latency.json, fdm_ablation.json
 
@@ -74,6 +75,10 @@ class RunLayout:
 
     def beta_run(self, beta: float, method: str, seed: int) -> epath.Path:
         return self.root / "runs" / f"beta{beta:g}" / method / f"seed{seed}"
+
+    def long_run(self, factor: int, method: str, seed: int) -> epath.Path:
+        """Paper B's longer-training check: ``factor`` times the main runs' steps."""
+        return self.root / "runs" / f"long{factor}x" / method / f"seed{seed}"
 
     def export(self, method: str, seed: int) -> epath.Path:
         return self.export_dir or self.root / "export" / f"{method}_seed{seed}"

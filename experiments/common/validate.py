@@ -641,6 +641,8 @@ def _check_study(c: _Checker, mode: str, classes: int | None) -> None:
     c.names("study.loss_ablation", ("l_tosc_kd_kl", "l_tosc_kd_online"), empty_ok=True)
     c.floats("study.betas", low=0.0, empty_ok=True, what=" (β of eq. 13)")
     c.integers("study.ablation_seeds", 0, empty_ok=True)
+    c.integer("study.long_factor", 2, optional=True, what=" (times the main runs' steps)")
+    c.names("study.long_methods", methods_all, empty_ok=True)
     _check_export(c, methods_all, seeds, mode == "ltosc_study", methods)
 
 

@@ -109,6 +109,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.study.loss_ablation = ("l_tosc_kd_kl",)
     config.study.betas = (10.0, 1000.0)
     config.study.ablation_seeds = (0, 1, 2)
+    # Have the arms converged? L-TOSC-KD and L-TOSC again with this many times the main runs' steps
+    # (study.seeds; same schedule shape; ~5 min a run here at 3×). None: off.
+    config.study.long_factor = field(None, int)
+    config.study.long_methods = ("l_tosc_kd", "l_tosc")
 
     config.export = common.export("l_tosc_kd")  # Any method of study.methods.
     config.mesh = common.mesh()

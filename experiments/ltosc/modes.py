@@ -2,7 +2,8 @@
 and ``export``.
 
 Stages: fine-tune the teacher, store its top-K probabilities (and verify them), train every
-method and seed, the loss ablations (KL instead of IB, the β sweep), the teacher over the channel
+method and seed, the loss ablations (KL instead of IB, the β sweep), optionally the arms trained
+longer (have they converged?), the teacher over the channel
 (LA-TOSC), the training-set-size sweep, the FDM ablation, export L-TOSC-KD, the report.  Every stage is skipped when its output exists, so an
 interrupted study resumes where it stopped.
 """
@@ -102,8 +103,9 @@ def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 results.run_once(run_dir, lambda: methods.train_method(child, str(run_dir), study_dir=workdir),
                                  methods.run_identity(child, layout))
 
-        results.stage("ablations: IB vs KL loss, the β sweep", 3, stages)
+        results.stage("ablations: IB vs KL loss, the β sweep, longer training", 3, stages)
         _ablations(config, workdir, layout)
+        _longer_training(config, workdir, layout)
 
         results.stage("the teacher over the channel (LA-TOSC)", 4, stages)
         _la_tosc(config, workdir)
@@ -142,6 +144,22 @@ def _ablations(config, workdir: str, layout: RunLayout) -> None:
             child, run_dir = methods.method_config(config, "l_tosc_kd", seed), layout.beta_run(beta, "l_tosc_kd", seed)
             with child.unlocked():
                 child.objective.beta = float(beta)
+            results.run_once(run_dir, lambda: methods.train_method(child, str(run_dir), study_dir=workdir),
+                             methods.run_identity(child, layout))
+
+
+def _longer_training(config, workdir: str, layout: RunLayout) -> None:
+    """Whether the arms have converged: ``study.long_methods`` for every seed of ``study.seeds`` with
+    ``study.long_factor`` times the main runs' steps (the same warm-up and cosine decay, stretched)."""
+    factor = config.study.get("long_factor")
+    if not factor:
+        return
+    num_steps = factor * inputs.steps(config.train, len(inputs.train_source(config)))
+    for method in inputs.tuple_field(config, "study.long_methods", str):
+        for seed in inputs.tuple_field(config, "study.seeds", int):
+            child, run_dir = methods.method_config(config, method, seed), layout.long_run(factor, method, seed)
+            with child.unlocked():
+                child.train.num_steps = num_steps  # Overrides num_epochs.
             results.run_once(run_dir, lambda: methods.train_method(child, str(run_dir), study_dir=workdir),
                              methods.run_identity(child, layout))
 

@@ -125,6 +125,16 @@ def write_report(config, workdir: str) -> dict:
             lines += [f"**{kind}**", "", evaluation.curves_table(
                 ablations["curves"], kind, [evaluation.snr_key(s) for s in config.eval.report_snrs_db],
                 confidence=CONFIDENCE if ablations["most_seeds"] >= 2 else None), ""]
+    longer = _longer_training(config, layout)
+    if longer:
+        out["longer_training"] = {"factor": longer["factor"], "curves": longer["curves"]}
+        lines += ["## Longer training: have the arms converged?", "",
+                  f"The main runs against the same arms trained {longer['factor']}× as many steps (same data "
+                  "stream, the warm-up and cosine decay stretched). Accuracy in %, mean ± 95 % CI over seeds.", ""]
+        for kind in config.eval.channels:
+            lines += [f"**{kind}**", "", evaluation.curves_table(
+                longer["curves"], kind, [evaluation.snr_key(s) for s in config.eval.report_snrs_db],
+                confidence=CONFIDENCE if longer["most_seeds"] >= 2 else None), ""]
     sizes = _size_sweep(config, layout)
     if sizes:
         out["train_size"] = sizes
@@ -149,6 +159,9 @@ def write_report(config, workdir: str) -> dict:
         lines += export_lines
     verdicts = paper_claims(config, {m: seed_summaries(layout, m) for m in methods}, teacher, sizes, ablation,
                             test_images(config, layout))
+    if longer:
+        verdicts += paper_claims(config, longer["arms"], teacher, None, None, test_images(config, layout),
+                                 when=f", {longer['factor']}× the steps")
     kl = seed_summaries(layout, "l_tosc_kd_kl")
     if kl:
         verdicts += loss_claims(config, seed_summaries(layout, "l_tosc_kd"), kl, test_images(config, layout))
@@ -197,6 +210,31 @@ def _loss_ablations(config, layout: RunLayout) -> dict | None:
     curves = {label: evaluation.collect_seeds([s["curves"] for s in by_seed.values()])
               for label, by_seed in rows.items()}
     return {"curves": curves, "most_seeds": max(len(v) for v in rows.values())}
+
+
+def _longer_training(config, layout: RunLayout) -> dict | None:
+    """{factor, arms {method: {seed: summary}}, curves {row label: {kind: {snr: [accuracy per seed]}}},
+    most_seeds} of ``study.long_methods`` at the main runs' steps and ``study.long_factor`` times them."""
+    factor = config.study.get("long_factor")
+    if not factor:
+        return None
+    arms, curves = {}, {}
+    for method in config.study.get("long_methods", ()):
+        label = METHOD_LABELS.get(method, method)
+        long = {seed: results.read_json(layout.long_run(factor, method, seed) / "summary.json")
+                for seed in config.study.seeds}
+        long = {seed: s for seed, s in long.items() if s}
+        if not long:
+            continue
+        arms[method] = long
+        for name, by_seed in ((label, seed_summaries(layout, method)), (label, long)):
+            if by_seed:
+                steps = "/".join(str(v) for v in sorted({s.get("steps") for s in by_seed.values()}, key=str))
+                curves[f"{name}, {steps} steps"] = evaluation.collect_seeds([s["curves"] for s in by_seed.values()])
+    if not arms:
+        return None
+    return {"factor": factor, "arms": arms, "curves": curves,
+            "most_seeds": max(len(v) for v in arms.values())}
 
 
 def loss_claims(config, ib: dict[int, dict], kl: dict[int, dict], images="all") -> list[stats.Verdict]:
@@ -305,14 +343,14 @@ def _arm_protocol(label: str, by_seed: dict[int, dict]) -> str:
 
 
 def paper_claims(config, arms: dict[str, dict[int, dict]], teacher: dict | None, sizes: dict | None,
-                 ablation: dict | None, images="all") -> list[stats.Verdict]:
+                 ablation: dict | None, images="all", when: str = "") -> list[stats.Verdict]:
     """Paper B's claims (SPEC §3.5) as tests with verdicts, over the seeds each arm ran.
 
     Differences in accuracy points, paired over shared seeds; the teacher is one fine-tuned
     model sent at the students' symbol count through the PCA codec (never the 640-symbol
     reference), so "student − teacher" has the student's seeds as its samples.  ``arms``:
     {method: {seed: summary}} (``seed_summaries``); ``images``: the number of test images, for
-    the protocol column."""
+    the protocol column; ``when`` ends the accuracy claims' names (e.g. ", 3× the steps")."""
     verdicts = []
     k = config.model.num_symbols
     kd_label = METHOD_LABELS["l_tosc_kd"]
@@ -332,7 +370,7 @@ def paper_claims(config, arms: dict[str, dict[int, dict]], teacher: dict | None,
                 if not a or not b:
                     continue
                 label = METHOD_LABELS[method]
-                claim = stats.Claim(f"L-TOSC-KD beats {label} at 0 dB ({kind})", "difference", ">=", 0.0,
+                claim = stats.Claim(f"L-TOSC-KD beats {label} at 0 dB ({kind}){when}", "difference", ">=", 0.0,
                                     paper_value=paper, unit="points",
                                     protocol=protocol((kd_label, kd), (label, other)))
                 verdicts.append(stats.evaluate_claim(claim, a, b, CONFIDENCE))
@@ -347,7 +385,7 @@ def paper_claims(config, arms: dict[str, dict[int, dict]], teacher: dict | None,
                         continue
                     fixed = {seed: 100 * pca["curves"][kind][snr] for seed in a}  # One teacher: paired with each seed.
                     claim = stats.Claim(
-                        f"L-TOSC-KD beats the teacher at {snr} dB ({kind}; teacher through {codec} at {k} symbols)",
+                        f"L-TOSC-KD beats the teacher at {snr} dB ({kind}; teacher through {codec} at {k} symbols){when}",
                         "difference", ">=", 0.0, paper_value="> 0", unit="points",
                         protocol=(protocol((kd_label, kd)) + f"; teacher codec fitted on "
                                   f"{teacher['codec_fit_examples']:,} training images"))

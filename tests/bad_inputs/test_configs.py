@@ -215,6 +215,9 @@ BAD = [
     ("ltosc_fmnist", {"study.size_steps": 0}, "study.size_steps=0: must be an integer >= 1"),
     ("ltosc_fmnist", {"study.size_seeds": (0, 0)}, "study.size_seeds"),
     ("ltosc_fmnist", {"store.seed": -1}, "store.seed=-1: must be an integer >= 0"),
+    ("ltosc_fmnist", {"study.long_factor": 1}, "study.long_factor=1: must be an integer >= 2 (times the main "
+                                               "runs' steps) (or None)"),
+    ("ltosc_fmnist", {"study.long_methods": ("l_tosc", "lt")}, "study.long_methods=('l_tosc', 'lt'): unknown 'lt'"),
     ("rkdsc_fmnist", {"baselines.num_steps": 0}, "baselines.num_steps=0: must be an integer >= 1"),
     ("darts_fmnist", {"teacher.kind": "none"}, "teacher.kind='none': search.lam=0.5 distils from a teacher"),
     ("darts_fmnist", {"teacher.kind": "store"}, "teacher.kind='store': the logit store is not wired into the search"),
