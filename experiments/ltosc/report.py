@@ -116,25 +116,18 @@ def write_report(config, workdir: str) -> dict:
               r["examples_per_second"]] for r in complexity]), ""]
     ablations = _loss_ablations(config, layout)
     if ablations:
-        out["loss_ablations"] = {label: by_seed_curves for label, by_seed_curves in ablations["curves"].items()}
-        lines += ["## Loss ablations: IB vs KL, and β (paper B §III-B)", "",
-                  f"L-TOSC-KD with the main runs' steps and data; the IB rows differ only in β of eq. 13 "
-                  f"(main runs: β = {config.objective.beta:g}), the KL row distils with the KL loss instead. "
-                  "Accuracy in %, mean ± 95 % CI over seeds.", ""]
-        for kind in config.eval.channels:
-            lines += [f"**{kind}**", "", evaluation.curves_table(
-                ablations["curves"], kind, [evaluation.snr_key(s) for s in config.eval.report_snrs_db],
-                confidence=CONFIDENCE if ablations["most_seeds"] >= 2 else None), ""]
+        out["loss_ablations"] = ablations["curves"]
+        lines += _variant_tables(
+            config, "Loss ablations: IB vs KL, and β (paper B §III-B)",
+            f"L-TOSC-KD with the main runs' steps and data; the IB rows differ only in β of eq. 13 (main runs: "
+            f"β = {config.objective.beta:g}), the KL row distils with the KL loss instead.", ablations)
     longer = _longer_training(config, layout)
     if longer:
         out["longer_training"] = {"factor": longer["factor"], "curves": longer["curves"]}
-        lines += ["## Longer training: have the arms converged?", "",
-                  f"The main runs against the same arms trained {longer['factor']}× as many steps (same data "
-                  "stream, the warm-up and cosine decay stretched). Accuracy in %, mean ± 95 % CI over seeds.", ""]
-        for kind in config.eval.channels:
-            lines += [f"**{kind}**", "", evaluation.curves_table(
-                longer["curves"], kind, [evaluation.snr_key(s) for s in config.eval.report_snrs_db],
-                confidence=CONFIDENCE if longer["most_seeds"] >= 2 else None), ""]
+        lines += _variant_tables(
+            config, "Longer training: have the arms converged?",
+            f"The main runs against the same arms trained {longer['factor']}× as many steps (same data stream, "
+            "the warm-up and cosine decay stretched).", longer)
     sizes = _size_sweep(config, layout)
     if sizes:
         out["train_size"] = sizes
@@ -174,6 +167,16 @@ def write_report(config, workdir: str) -> dict:
                   "other side, *inconclusive* otherwise and always with one seed.", "",
                   stats.claim_table(verdicts), ""]
     return results.finish_report(layout.root, out, lines, [], "Paper B")
+
+
+def _variant_tables(config, title: str, intro: str, variants: dict) -> list[str]:
+    """A section with one accuracy table per channel of ``variants['curves']`` (mean ± 95 % CI)."""
+    lines = [f"## {title}", "", intro + " Accuracy in %, mean ± 95 % CI over seeds.", ""]
+    for kind in config.eval.channels:
+        lines += [f"**{kind}**", "", evaluation.curves_table(
+            variants["curves"], kind, [evaluation.snr_key(s) for s in config.eval.report_snrs_db],
+            confidence=CONFIDENCE if variants["most_seeds"] >= 2 else None), ""]
+    return lines
 
 
 def _complexity_rows(layout: RunLayout, methods) -> list[dict]:
