@@ -100,8 +100,7 @@ def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
             for seed in seeds:
                 child = methods.method_config(config, method, seed)
                 run_dir = layout.run(method, seed)
-                results.run_once(run_dir, lambda: methods.train_method(child, str(run_dir), study_dir=workdir),
-                                 methods.run_identity(child, layout))
+                _train_once(child, run_dir, workdir, layout)
 
         results.stage("ablations: IB vs KL loss, the β sweep, longer training", 3, stages)
         _ablations(config, workdir, layout)
@@ -129,6 +128,18 @@ def study(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return report.write_report(config, workdir)
 
 
+def _train_once(child, run_dir, workdir: str, layout: RunLayout) -> None:
+    """Trains one method config into ``run_dir`` unless it finished for the same identity; the
+    teacher and the store are the study's (``workdir``)."""
+    results.run_once(run_dir, lambda: methods.train_method(child, str(run_dir), study_dir=workdir),
+                     methods.run_identity(child, layout))
+
+
+def _main_steps(config) -> int:
+    """The main runs' optimiser steps (the length the sweeps are measured against)."""
+    return inputs.steps(config.train, len(inputs.train_source(config)))
+
+
 def _ablations(config, workdir: str, layout: RunLayout) -> None:
     """Paper B's loss ablations, each seed of ``study.ablation_seeds`` like the main runs: L-TOSC-KD
     with the KL distillation loss instead of the IB loss (``study.loss_ablation``), and with every β
@@ -137,15 +148,13 @@ def _ablations(config, workdir: str, layout: RunLayout) -> None:
     for method in inputs.tuple_field(config, "study.loss_ablation", str):
         for seed in seeds:
             child, run_dir = methods.method_config(config, method, seed), layout.run(method, seed)
-            results.run_once(run_dir, lambda: methods.train_method(child, str(run_dir), study_dir=workdir),
-                             methods.run_identity(child, layout))
+            _train_once(child, run_dir, workdir, layout)
     for beta in inputs.tuple_field(config, "study.betas", (int, float)):
         for seed in seeds:
             child, run_dir = methods.method_config(config, "l_tosc_kd", seed), layout.beta_run(beta, "l_tosc_kd", seed)
             with child.unlocked():
                 child.objective.beta = float(beta)
-            results.run_once(run_dir, lambda: methods.train_method(child, str(run_dir), study_dir=workdir),
-                             methods.run_identity(child, layout))
+            _train_once(child, run_dir, workdir, layout)
 
 
 def _longer_training(config, workdir: str, layout: RunLayout) -> None:
@@ -154,14 +163,13 @@ def _longer_training(config, workdir: str, layout: RunLayout) -> None:
     factor = config.study.get("long_factor")
     if not factor:
         return
-    num_steps = factor * inputs.steps(config.train, len(inputs.train_source(config)))
+    num_steps = factor * _main_steps(config)
     for method in inputs.tuple_field(config, "study.long_methods", str):
         for seed in inputs.tuple_field(config, "study.seeds", int):
             child, run_dir = methods.method_config(config, method, seed), layout.long_run(factor, method, seed)
             with child.unlocked():
                 child.train.num_steps = num_steps  # Overrides num_epochs.
-            results.run_once(run_dir, lambda: methods.train_method(child, str(run_dir), study_dir=workdir),
-                             methods.run_identity(child, layout))
+            _train_once(child, run_dir, workdir, layout)
 
 
 def _size_sweep(config, workdir: str, layout: RunLayout) -> None:
@@ -170,7 +178,7 @@ def _size_sweep(config, workdir: str, layout: RunLayout) -> None:
     nested random subsets of the study's, which the store covers."""
     seeds = inputs.tuple_field(config, "study.seeds", int)
     full_size = len(inputs.train_source(config))
-    num_steps = config.study.get("size_steps") or inputs.steps(config.train, full_size)
+    num_steps = config.study.get("size_steps") or _main_steps(config)
     for size in inputs.tuple_field(config, "study.train_sizes", int):
         for method in inputs.tuple_field(config, "study.size_methods", str):
             for seed in inputs.tuple_field(config, "study.size_seeds", int):
@@ -189,8 +197,7 @@ def _size_sweep(config, workdir: str, layout: RunLayout) -> None:
                 with child.unlocked():
                     child.eval.snrs_db = inputs.tuple_field(config, "study.size_snrs_db", (int, float))
                     child.train.num_steps = num_steps  # Overrides num_epochs.
-                results.run_once(run_dir, lambda: methods.train_method(child, str(run_dir), study_dir=workdir),
-                                 methods.run_identity(child, layout))
+                _train_once(child, run_dir, workdir, layout)
 
 
 def _time_steps(setup: methods.Setup, num_steps: int) -> float:

@@ -230,10 +230,10 @@ def _longer_training(config, layout: RunLayout) -> dict | None:
         if not long:
             continue
         arms[method] = long
-        for name, by_seed in ((label, seed_summaries(layout, method)), (label, long)):
+        for by_seed in (seed_summaries(layout, method), long):
             if by_seed:
                 steps = "/".join(str(v) for v in sorted({s.get("steps") for s in by_seed.values()}, key=str))
-                curves[f"{name}, {steps} steps"] = evaluation.collect_seeds([s["curves"] for s in by_seed.values()])
+                curves[f"{label}, {steps} steps"] = evaluation.collect_seeds([s["curves"] for s in by_seed.values()])
     if not arms:
         return None
     return {"factor": factor, "arms": arms, "curves": curves,
