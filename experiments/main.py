@@ -12,6 +12,7 @@ import re
 import sys
 
 from absl import app, flags, logging
+import ml_collections
 from ml_collections import config_flags
 from ml_collections.config_flags import config_flags as config_flags_lib
 from ml_collections.config_flags import config_path
@@ -191,6 +192,7 @@ def parse_command_line(argv, flag_values: flags.FlagValues = flags.FLAGS) -> lis
         if not os.path.isfile(file):
             raise CommandLineError(f"--config={path}: no such config file ({os.path.abspath(file)}); pass one of "
                                    f"experiments/configs/, e.g. {_CONFIG_EXAMPLE}.")
+    given, (argv, nulled) = argv, _split_none_overrides(argv)
     try:
         rest = flag_values(argv)
     except flags.Error as error:
@@ -202,7 +204,7 @@ def parse_command_line(argv, flag_values: flags.FlagValues = flags.FLAGS) -> lis
         if "get_config" in str(error):
             raise CommandLineError(f"--config={path}: the file has no get_config(); a config file defines "
                                    "get_config() returning an ml_collections.ConfigDict.") from None
-        raise CommandLineError(_unknown_field(argv, error)) from None
+        raise CommandLineError(_unknown_field(given, error)) from None
     except ValueError as error:  # ml_collections' "Could not parse 'a.1000'": not a field path.
         match = re.search(r"Could not parse '([^']+)'", str(error))
         if not match:
@@ -214,9 +216,43 @@ def parse_command_line(argv, flag_values: flags.FlagValues = flags.FLAGS) -> lis
         raise CommandLineError(f"Unexpected arguments {rest[1:]}: every setting is a flag, e.g. "
                                "--config.train.batch_size=64 (quote a value that holds spaces).")
     config = flag_values["config"].value
+    _set_none_overrides(config, nulled, argv, flag_values["config"].config_filename)
     _type_tuple_overrides(config, flag_values["config"].config_filename, _override_names(argv))
     validate_lib.validate(config, source=flag_values["config"].config_filename)
     return rest
+
+
+_NONE = ("None", "none", "null")
+
+
+def _split_none_overrides(argv) -> tuple[list[str], list[str]]:
+    """``--config.FIELD=None`` taken out of ``argv`` (absl would parse 'None' with the field's type)."""
+    kept, nulled = [], []
+    for arg in argv:
+        name, _, value = arg.partition("=")
+        if re.match(r"^--?config\.", name) and value in _NONE:
+            nulled.append(re.sub(r"^--?config\.", "", name))
+        else:
+            kept.append(arg)
+    return kept, list(dict.fromkeys(nulled))
+
+
+def _set_none_overrides(config, names, argv, filename: str) -> None:
+    """Sets each ``--config.FIELD=None``; only fields the config file declares nullable
+    (``common.field(None | value, type)``, or a default of None) take it."""
+    for name in names:
+        parent_path, _, leaf = name.rpartition(".")
+        try:
+            parent = config_path.get_value(parent_path, config) if parent_path else config
+            value = parent[leaf]
+        except (KeyError, AttributeError, IndexError, ValueError, TypeError) as error:
+            raise CommandLineError(_unknown_field([f"--config={filename}", f"--config.{name}=None"], error)) from None
+        # ml_collections keeps a typed-but-nullable field as a FieldReference (no public accessor).
+        nullable = value is None or isinstance(getattr(parent, "_fields", {}).get(leaf), ml_collections.FieldReference)
+        if not nullable:
+            raise CommandLineError(f"--config.{name}=None: this field cannot be None; give it a value, e.g. "
+                                   f"--config.{name}={value}.")
+        setattr(parent, leaf, None)
 
 
 def _type_tuple_overrides(config, filename: str, overrides) -> None:

@@ -73,6 +73,10 @@ BAD = [
     (("--config.train.num_steps=0", "--config.train.learning_rate=-1"), SYNTHETIC, ConfigError,
      "2 invalid field(s) in %s" % SYNTHETIC),
     (("extra",), SYNTHETIC, main.CommandLineError, "Unexpected arguments ['extra']: every setting is a flag"),
+    (("--config.train.batch_size=None",), SYNTHETIC, main.CommandLineError,
+     "--config.train.batch_size=None: this field cannot be None; give it a value, e.g. --config.train.batch_size=32."),
+    (("--config.data.num_eval_exmples=None",), RKDSC, main.CommandLineError,
+     "has no field 'num_eval_exmples' in data (did you mean 'num_eval_examples'?)"),
 ]
 
 
@@ -100,6 +104,12 @@ def test_a_missing_workdir_or_config_is_named():
     with pytest.raises(main.CommandLineError, match=re.escape("--config is required: a config file of "
                                                               "experiments/configs/")):
         parse(config=None)
+
+
+def test_a_nullable_field_takes_none_from_the_command_line():
+    assert parse().data.num_eval_examples == 2000
+    assert parse("--config.data.num_eval_examples=None").data.num_eval_examples is None
+    assert parse("--config.pipeline_dir=none").pipeline_dir is None
 
 
 def test_tuple_overrides_get_their_fields_element_type():
