@@ -33,6 +33,7 @@ def measure(args, layers: int) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from benchmarks import search_step
     from rkdsc_jax.nas import search as search_lib
     from rkdsc_jax.nas.search_space import SearchNetwork
 
@@ -49,12 +50,7 @@ def measure(args, layers: int) -> dict:
 
     step = jax.jit(functools.partial(search_lib.search_step, hp=search_lib.SearchHParams(order="first"),
                                      complexity=None, lr_schedule=schedule), donate_argnums=0)
-    rng = np.random.default_rng(0)
-    shape = (args.batch_size, args.image_size, args.image_size, args.in_channels)
-    batch = {"image": rng.normal(size=shape).astype(np.float32),
-             "label": rng.integers(0, 10, args.batch_size).astype(np.int32),
-             "val_image": rng.normal(size=shape).astype(np.float32),
-             "val_label": rng.integers(0, 10, args.batch_size).astype(np.int32)}
+    batch = search_step.search_batch(args, np.random.default_rng(0))
     state = init_compiled(sample)
     start = time.perf_counter()
     lowered = step.lower(state, batch)
@@ -96,7 +92,7 @@ def main():
     parser.add_argument("--steps", type=int, default=2, help="Timed steps after compiling (0: none).")
     parser.add_argument("--impl", default="auto", help="auto | taps | lax")
     parser.add_argument("--xla_flags", type=lambda s: s.split(","), default=[""],
-                        help="XLA_FLAGS variants, comma-separated ('' = none), e.g. ,--xla_backend_optimization_level=0")
+                        help="XLA_FLAGS variants, comma-separated ('': none).")
     parser.add_argument("--out", default="benchmarks/results/compile_scaling.json")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -54,7 +54,8 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _batch(args, rng):
+def search_batch(args, rng):
+    """A random training and validation batch of ``args``' shape (batch_size, image_size, in_channels)."""
     shape = (args.batch_size, args.image_size, args.image_size, args.in_channels)
     return {"image": rng.normal(size=shape).astype(np.float32),
             "label": rng.integers(0, 10, args.batch_size).astype(np.int32),
@@ -87,7 +88,7 @@ def run_jax(args, order: str, method: str) -> dict:
     hp = search_lib.SearchHParams(order=order, second_order_method=method)
     step = jax.jit(functools.partial(search_lib.search_step, hp=hp, complexity=None, lr_schedule=schedule),
                    donate_argnums=0)
-    batch = jax.device_put(_batch(args, np.random.default_rng(0)))
+    batch = jax.device_put(search_batch(args, np.random.default_rng(0)))
     name = f"jax_{order}" + (f"_{method}" if order == "second" else "")
     row = _time_jax(step, state, (batch,), args.steps, args.profile_dir, name)
     return row | {"network": "search", "order": order, "variant": method if order == "second" else ""}
@@ -200,7 +201,7 @@ def run_torch(args, order: str, layout: str) -> dict:
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     model = model.to(device=device, memory_format=fmt)
     search = torch_darts.Search(model, order)
-    batch = {k: torch.from_numpy(v).to(device) for k, v in _batch(args, np.random.default_rng(0)).items()}
+    batch = {k: torch.from_numpy(v).to(device) for k, v in search_batch(args, np.random.default_rng(0)).items()}
     for key in ("image", "val_image"):
         batch[key] = batch[key].permute(0, 3, 1, 2).contiguous(memory_format=fmt)
 

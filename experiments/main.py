@@ -114,10 +114,12 @@ def _config_file(argv) -> str | None:
     return None
 
 
+_OVERRIDE = re.compile(r"^-{1,2}(no)?config\.")  # --config.FIELD (or --noconfig.FIELD for booleans).
+
+
 def _override_names(argv) -> list[str]:
     """The FIELD of every --config.FIELD on the command line, in order, once each."""
-    names = [re.sub(r"^-{1,2}(no)?config\.", "", arg.split("=", 1)[0]) for arg in argv
-             if re.match(r"^-{1,2}(no)?config\.", arg)]
+    names = [_OVERRIDE.sub("", arg.split("=", 1)[0]) for arg in argv if _OVERRIDE.match(arg)]
     return list(dict.fromkeys(names))
 
 
@@ -216,7 +218,7 @@ def parse_command_line(argv, flag_values: flags.FlagValues = flags.FLAGS) -> lis
         raise CommandLineError(f"Unexpected arguments {rest[1:]}: every setting is a flag, e.g. "
                                "--config.train.batch_size=64 (quote a value that holds spaces).")
     config = flag_values["config"].value
-    _set_none_overrides(config, nulled, argv, flag_values["config"].config_filename)
+    _set_none_overrides(config, nulled, flag_values["config"].config_filename)
     _type_tuple_overrides(config, flag_values["config"].config_filename, _override_names(argv))
     validate_lib.validate(config, source=flag_values["config"].config_filename)
     return rest
@@ -230,14 +232,14 @@ def _split_none_overrides(argv) -> tuple[list[str], list[str]]:
     kept, nulled = [], []
     for arg in argv:
         name, _, value = arg.partition("=")
-        if re.match(r"^--?config\.", name) and value in _NONE:
-            nulled.append(re.sub(r"^--?config\.", "", name))
+        if _OVERRIDE.match(name) and value in _NONE:
+            nulled.append(_OVERRIDE.sub("", name))
         else:
             kept.append(arg)
     return kept, list(dict.fromkeys(nulled))
 
 
-def _set_none_overrides(config, names, argv, filename: str) -> None:
+def _set_none_overrides(config, names, filename: str) -> None:
     """Sets each ``--config.FIELD=None``; only fields the config file declares nullable
     (``common.field(None | value, type)``, or a default of None) take it."""
     for name in names:
