@@ -37,6 +37,7 @@ CONVERT = [
 TEST = [
     "pytest>=8",
     "pytest-xdist>=3.5",  # Two workers: most tests wait on single-threaded XLA compiles.
+    "filelock>=3.12",  # Locks the XLA compilation cache that the test workers share (conftest).
     "chex>=0.1.87",
     "scipy>=1.11",
     "transformers>=4.45",  # Parity of the HuggingFace towers.

@@ -10,6 +10,7 @@ import pytest
 import scipy.stats
 
 from experiments import ltosc, rkdsc
+from experiments.common import results
 from experiments.common import teacher as teacher_lib
 from experiments.configs import ltosc_fmnist
 from experiments.ltosc import report as ltosc_report
@@ -156,11 +157,11 @@ def test_compute_rows_record_steps_and_examples_per_arm():
     arms = {"RKD-SC": {0: {"steps": 400, "stage1_steps": 300, "total_steps": 700, "total_examples_seen": 44800,
                            "batch_size": 64}},
             "CNN SemCom": {0: {"steps": 400, "total_steps": 400, "total_examples_seen": 25600, "batch_size": 64}}}
-    rows = rkdsc_report.compute_rows(arms)
+    rows = results.compute_rows(arms, rkdsc_report.describe_stages)
     assert [(r["method"], r["steps"], r["examples_seen"], r["stages"]) for r in rows] == [
         ("RKD-SC", [700], [44800], "300 stage 1 + 400 stage 2"), ("CNN SemCom", [400], [25600], "400")]
     same = {m: {0: {"steps": 469, "examples_seen": 60032, "batch_size": 128}} for m in ("L-TOSC-KD", "L-TOSC")}
-    assert ltosc_report.compute_equal(ltosc_report.compute_rows(same))
+    assert results.compute_equal(results.compute_rows(same))
     assert ltosc.METHOD_LABELS["l_tosc_kd"] == "L-TOSC-KD"
 
 

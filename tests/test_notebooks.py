@@ -1,4 +1,7 @@
-"""The colab/ notebooks run top to bottom (at their smallest scale), so a broken one fails CI."""
+"""The colab/ notebooks run top to bottom (at their smallest scale), so a broken one fails CI.
+
+They compile identical steps many times over (RKD-SC and no-KD's student, the teacher of both
+papers), each from its own jit: the kernels read conftest's XLA cache from the environment."""
 
 import os
 
@@ -9,19 +12,10 @@ from nbclient import NotebookClient
 COLAB = os.path.join(os.path.dirname(__file__), "..", "colab")
 
 
-@pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory):
-    """XLA's on-disk cache, fresh per run and shared by both notebooks: they compile identical steps
-    many times over (RKD-SC and no-KD's student, the teacher of both papers, L-TOSC in both
-    notebooks), each from its own jit, so without it every one compiles again (~minutes on CPU)."""
-    return tmp_path_factory.mktemp("jax_compilation_cache")
-
-
 @pytest.mark.parametrize("name", ["quickstart.ipynb", "paper_figures.ipynb"])
-def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch, compilation_cache):
+def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
     notebook = nbformat.read(os.path.join(COLAB, name), as_version=4)
     monkeypatch.setenv("RKDSC_NOTEBOOK_SCALE", "smoke")
-    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(compilation_cache))
     monkeypatch.setenv("RKDSC_RUNS", str(tmp_path))  # No main-command export there: it trains its own.
     monkeypatch.setenv("RKDSC_EXPORT", "")
     monkeypatch.setenv("XLA_FLAGS", "")

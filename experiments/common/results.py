@@ -131,6 +131,49 @@ def per_seed(method_dir: epath.Path) -> list[dict]:
     return [s for s in (read_json(p / "summary.json") for p in names) if s]
 
 
+def seed_summaries(layout, method: str) -> dict[int, dict]:
+    """{seed: summary} of a method's finished runs in a ``RunLayout`` (what claims pair arms by)."""
+    return {int(s["seed"]): s for s in per_seed(layout.method_dir(method)) if "seed" in s}
+
+
+def with_symbols(curves: dict, symbols: dict[str, int]) -> dict:
+    """The rows renamed to state their complex symbols per image (the teacher's rows already do)."""
+    return {(name if "symbols" in name or name not in symbols else f"{name} ({symbols[name]} symbols)"): rows
+            for name, rows in curves.items()}
+
+
+def curve_points(by_seed: dict[int, dict], kind: str, snr: str) -> dict[int, float]:
+    """{seed: accuracy in %} at one point of the runs' curves."""
+    return {seed: 100 * s["curves"][kind][snr] for seed, s in by_seed.items()
+            if snr in s.get("curves", {}).get(kind, {})}
+
+
+def compute_rows(arms: dict[str, dict[int, dict]], describe: Callable[[dict], dict] | None = None) -> list[dict]:
+    """Per compared arm: its seeds, optimiser steps and training examples seen over all its stages
+    (from the summaries: ``total_*`` where a run has stages), plus ``describe(first seed's summary)``."""
+    rows = []
+    for label, by_seed in arms.items():
+        if not by_seed:
+            continue
+        first = next(iter(by_seed.values()))
+        rows.append({"method": label, "seeds": sorted(by_seed),
+                     "steps": sorted({s.get("total_steps", s.get("steps")) for s in by_seed.values()}, key=str),
+                     "examples_seen": sorted({s.get("total_examples_seen", s.get("examples_seen"))
+                                              for s in by_seed.values()}, key=str),
+                     "batch_size": first.get("batch_size"), **(describe(first) if describe else {})})
+    return rows
+
+
+def compute_recorded(rows: list[dict]) -> bool:
+    """Whether every run recorded the examples it saw (summaries from before that have none)."""
+    return all(isinstance(v, int) for r in rows for v in r["examples_seen"])
+
+
+def compute_equal(rows: list[dict]) -> bool:
+    """Every arm recorded its compute, and all ran the same steps on the same number of examples."""
+    return compute_recorded(rows) and len({(tuple(r["steps"]), tuple(r["examples_seen"])) for r in rows}) <= 1
+
+
 def finish_report(root: epath.PathLike, results: dict, lines: list[str], claims: list[dict], paper: str) -> dict:
     """Appends the claims table, then writes ``results.json`` and ``report.md`` atomically."""
     root = epath.Path(root)

@@ -27,17 +27,6 @@ def collect_curves(layout: RunLayout, methods) -> dict:
     return curves
 
 
-def seed_summaries(layout: RunLayout, method: str) -> dict[int, dict]:
-    """{seed: summary} of a method's finished runs (what claims pair their arms by)."""
-    return {int(s["seed"]): s for s in results.per_seed(layout.method_dir(method)) if "seed" in s}
-
-
-def with_symbols(curves: dict, symbols: dict[str, int]) -> dict:
-    """The rows renamed to state their complex symbols per image (the teacher's rows already do)."""
-    return {(name if "symbols" in name or name not in symbols else f"{name} ({symbols[name]} symbols)"): rows
-            for name, rows in curves.items()}
-
-
 def snr_tables(curves: dict, kinds, snrs, seeds_per_row: int) -> list[str]:
     """One accuracy table per channel: mean ± 95 % CI over seeds with ≥ 2 seeds, else the values."""
     lines = []
@@ -48,25 +37,6 @@ def snr_tables(curves: dict, kinds, snrs, seeds_per_row: int) -> list[str]:
     return lines
 
 
-def compute_rows(arms: dict[str, dict[int, dict]]) -> list[dict]:
-    """Per compared arm: its seeds, optimiser steps and training examples seen (from the summaries)."""
-    rows = []
-    for label, by_seed in arms.items():
-        if not by_seed:
-            continue
-        first = next(iter(by_seed.values()))
-        steps = {s.get("steps") for s in by_seed.values()}
-        seen = {s.get("examples_seen") for s in by_seed.values()}
-        rows.append({"method": label, "seeds": sorted(by_seed), "steps": sorted(steps, key=str),
-                     "examples_seen": sorted(seen, key=str), "batch_size": first.get("batch_size"),
-                     "data_stream": first.get("data_stream", "—")})
-    return rows
-
-
-def compute_equal(rows: list[dict]) -> bool:
-    return len({(tuple(r["steps"]), tuple(r["examples_seen"])) for r in rows}) <= 1
-
-
 def write_report(config, workdir: str) -> dict:
     """``report.md``, ``results.json`` and the plots, from whatever runs have finished."""
     layout = RunLayout.from_config(config, workdir)
@@ -74,7 +44,7 @@ def write_report(config, workdir: str) -> dict:
     curves = collect_curves(layout, methods)
     out: dict[str, Any] = {"curves": curves, "snrs_db": [evaluation.snr_key(s) for s in config.eval.snrs_db]}
     teacher = results.read_json(layout.run("la_tosc") / "summary.json")
-    arms = {METHOD_LABELS.get(m, m): seed_summaries(layout, m) for m in methods}
+    arms = {METHOD_LABELS.get(m, m): results.seed_summaries(layout, m) for m in methods}
     most_seeds = max([len(v) for v in arms.values()] or [0])
     symbols = {label: next(iter(by_seed.values()))["num_symbols"] for label, by_seed in arms.items() if by_seed}
     lines = ["# L-TOSC-KD study (paper B)", "",
@@ -88,14 +58,14 @@ def write_report(config, workdir: str) -> dict:
         lines += [teacher_lib.equal_bandwidth_paragraph(teacher, f"the students' {config.model.num_symbols} complex symbols",
                                                         "the students' SNR range and channels"), ""]
     if curves:
-        evaluation.plot_accuracy_vs_snr(with_symbols(curves, symbols), layout / "accuracy_vs_snr.png",
+        evaluation.plot_accuracy_vs_snr(results.with_symbols(curves, symbols), layout / "accuracy_vs_snr.png",
                                         title="Accuracy vs SNR (paper B)")
-        lines += snr_tables(with_symbols(curves, symbols), config.eval.channels,
+        lines += snr_tables(results.with_symbols(curves, symbols), config.eval.channels,
                             [evaluation.snr_key(s) for s in config.eval.report_snrs_db], most_seeds)
         lines += ["![accuracy vs SNR](accuracy_vs_snr.png)", ""]
-    compute = compute_rows(arms)
+    compute = results.compute_rows(arms, lambda first: {"data_stream": first.get("data_stream", "—")})
     if compute:
-        out["compute"] = {"arms": compute, "equal": compute_equal(compute)}
+        out["compute"] = {"arms": compute, "equal": results.compute_equal(compute)}
         lines += ["## Compute per arm (equal compute)", "", evaluation.markdown_table(
             ["method", "seeds", "optimiser steps", "batch", "examples seen", "training data"],
             [[r["method"], len(r["seeds"]), "/".join(map(str, r["steps"])), r["batch_size"],
@@ -150,14 +120,15 @@ def write_report(config, workdir: str) -> dict:
     if exported:
         out["export"] = exported
         lines += export_lines
-    verdicts = paper_claims(config, {m: seed_summaries(layout, m) for m in methods}, teacher, sizes, ablation,
-                            test_images(config, layout))
+    verdicts = paper_claims(config, {m: results.seed_summaries(layout, m) for m in methods}, teacher, sizes,
+                            ablation, test_images(config, layout))
     if longer:
         verdicts += paper_claims(config, longer["arms"], teacher, None, None, test_images(config, layout),
                                  when=f", {longer['factor']}× the steps")
-    kl = seed_summaries(layout, "l_tosc_kd_kl")
+    kl = results.seed_summaries(layout, "l_tosc_kd_kl")
     if kl:
-        verdicts += loss_claims(config, seed_summaries(layout, "l_tosc_kd"), kl, test_images(config, layout))
+        verdicts += loss_claims(config, results.seed_summaries(layout, "l_tosc_kd"), kl,
+                                test_images(config, layout))
     if verdicts:
         out["claims"] = [v.as_dict() for v in verdicts]
         lines += ["## Paper B's claims on this data", "",
@@ -201,8 +172,8 @@ def _complexity_rows(layout: RunLayout, methods) -> list[dict]:
 def _loss_ablations(config, layout: RunLayout) -> dict | None:
     """{curves: {row label: {kind: {snr: [accuracy per seed]}}}, most_seeds} of L-TOSC-KD at its
     main β, with the KL loss, and at each β of ``study.betas``."""
-    rows = {f"L-TOSC-KD, IB loss, β = {config.objective.beta:g} (main runs)": seed_summaries(layout, "l_tosc_kd"),
-            "L-TOSC-KD, KL loss": seed_summaries(layout, "l_tosc_kd_kl")}
+    main_runs, kl = results.seed_summaries(layout, "l_tosc_kd"), results.seed_summaries(layout, "l_tosc_kd_kl")
+    rows = {f"L-TOSC-KD, IB loss, β = {config.objective.beta:g} (main runs)": main_runs, "L-TOSC-KD, KL loss": kl}
     for beta in config.study.get("betas", ()):
         found = {seed: results.read_json(layout.beta_run(beta, "l_tosc_kd", seed) / "summary.json")
                  for seed in config.study.ablation_seeds}
@@ -230,7 +201,7 @@ def _longer_training(config, layout: RunLayout) -> dict | None:
         if not long:
             continue
         arms[method] = long
-        for by_seed in (seed_summaries(layout, method), long):
+        for by_seed in (results.seed_summaries(layout, method), long):
             if by_seed:
                 steps = "/".join(str(v) for v in sorted({s.get("steps") for s in by_seed.values()}, key=str))
                 curves[f"{label}, {steps} steps"] = evaluation.collect_seeds([s["curves"] for s in by_seed.values()])
@@ -244,7 +215,7 @@ def loss_claims(config, ib: dict[int, dict], kl: dict[int, dict], images="all") 
     """The IB loss against the KL loss at 0 dB, paired over the seeds both ran."""
     verdicts = []
     for kind in config.eval.channels:
-        a, b = _points(ib, kind, "0"), _points(kl, kind, "0")
+        a, b = results.curve_points(ib, kind, "0"), results.curve_points(kl, kind, "0")
         if a and b:
             claim = stats.Claim(f"the IB loss beats the KL loss at 0 dB ({kind})", "difference", ">=", 0.0,
                                 paper_value="> 0 (IB is the paper's loss)", unit="points",
@@ -333,12 +304,6 @@ def test_images(config, layout: RunLayout):
     return f"{count:,}" if count else (config.data.get("num_eval_examples") or "all")
 
 
-def _points(by_seed: dict[int, dict], kind: str, snr: str) -> dict[int, float]:
-    """{seed: accuracy in %} at one curve point."""
-    return {seed: 100 * s["curves"][kind][snr] for seed, s in by_seed.items()
-            if snr in s.get("curves", {}).get(kind, {})}
-
-
 def _arm_protocol(label: str, by_seed: dict[int, dict]) -> str:
     first = next(iter(by_seed.values()))
     return f"{label}: {first.get('steps', '?')} steps, {first.get('examples_seen', '?'):,} examples" if isinstance(
@@ -369,7 +334,7 @@ def paper_claims(config, arms: dict[str, dict[int, dict]], teacher: dict | None,
         for kind in config.eval.channels:
             for method, paper in (("l_tosc", 1.3), ("eff_tosc", 6.6), ("res_tosc", 12.4)):
                 other = arms.get(method, {})
-                a, b = _points(kd, kind, "0"), _points(other, kind, "0")
+                a, b = results.curve_points(kd, kind, "0"), results.curve_points(other, kind, "0")
                 if not a or not b:
                     continue
                 label = METHOD_LABELS[method]
@@ -383,7 +348,7 @@ def paper_claims(config, arms: dict[str, dict[int, dict]], teacher: dict | None,
                     snr = evaluation.snr_key(snr_db)
                     if snr_db >= 0 or not pca or snr not in pca["curves"].get(kind, {}):
                         continue
-                    a = _points(kd, kind, snr)
+                    a = results.curve_points(kd, kind, snr)
                     if not a:
                         continue
                     fixed = {seed: 100 * pca["curves"][kind][snr] for seed in a}  # One teacher: paired with each seed.

@@ -24,11 +24,6 @@ def _per_seed(layout: RunLayout, method: str) -> list[dict]:
     return results.per_seed(layout.method_dir(method))
 
 
-def seed_summaries(layout: RunLayout, method: str) -> dict[int, dict]:
-    """{seed: summary} of a method's finished runs (what claims pair their arms by)."""
-    return {int(r["seed"]): r for r in _per_seed(layout, method) if "seed" in r}
-
-
 def method_symbols(summary: dict) -> int | None:
     """Complex channel symbols per image a run's curves were measured at."""
     return summary.get("max_symbols", summary.get("num_symbols"))
@@ -48,12 +43,6 @@ def collect_curves(layout: RunLayout, methods, teacher: dict | None = None) -> d
     largest = max((int(k) for k in (teacher or {}).get("equal_bandwidth", {}).get("pca", {})), default=None)
     curves.update(teacher_lib.teacher_rows(teacher, symbols=[largest] if largest else []))
     return curves
-
-
-def with_symbols(curves: dict, symbols: dict[str, int]) -> dict:
-    """The rows renamed to state their complex symbols per image (the teacher's rows already do)."""
-    return {(name if "symbols" in name or name not in symbols else f"{name} ({symbols[name]} symbols)"): rows
-            for name, rows in curves.items()}
 
 
 def _bandwidth(layout: RunLayout) -> dict | None:
@@ -116,22 +105,10 @@ def _symbols_per_image(layout: RunLayout) -> dict[str, int]:
     return symbols
 
 
-def compute_rows(arms: dict[str, dict[int, dict]]) -> list[dict]:
-    """Per compared arm: its seeds, optimiser steps and training examples seen over all its
-    stages (from the summaries; RKD-SC = stage 1 + stage 2)."""
-    rows = []
-    for label, by_seed in arms.items():
-        if not by_seed:
-            continue
-        first = next(iter(by_seed.values()))
-        rows.append({"method": label, "seeds": sorted(by_seed),
-                     "steps": sorted({r.get("total_steps", r.get("steps")) for r in by_seed.values()}, key=str),
-                     "examples_seen": sorted({r.get("total_examples_seen", r.get("examples_seen"))
-                                              for r in by_seed.values()}, key=str),
-                     "stages": (f"{first.get('stage1_steps')} stage 1 + {first.get('steps')} stage 2"
-                                if "stage1_steps" in first else f"{first.get('steps')}"),
-                     "batch_size": first.get("batch_size")})
-    return rows
+def describe_stages(first: dict) -> dict:
+    """The compute table's "of which" column: RKD-SC's steps per stage (``results.compute_rows``)."""
+    return {"stages": (f"{first.get('stage1_steps')} stage 1 + {first.get('steps')} stage 2"
+                       if "stage1_steps" in first else f"{first.get('steps')}")}
 
 
 def _arm(label: str, by_seed: dict[int, dict]) -> str:
@@ -146,12 +123,6 @@ def _compute(by_seed: dict[int, dict]) -> tuple:
     """(optimiser steps, examples seen) of an arm's whole training (its first seed)."""
     first = next(iter(by_seed.values()))
     return (first.get("total_steps", first.get("steps")), first.get("total_examples_seen", first.get("examples_seen")))
-
-
-def _points(by_seed: dict[int, dict], kind: str, snr: str) -> dict[int, float]:
-    """{seed: accuracy in %} at one curve point."""
-    return {seed: 100 * r["curves"][kind][snr] for seed, r in by_seed.items()
-            if snr in r.get("curves", {}).get(kind, {})}
 
 
 def paper_claims(arms: dict[str, dict[int, dict]], teacher: dict | None,
@@ -186,7 +157,7 @@ def paper_claims(arms: dict[str, dict[int, dict]], teacher: dict | None,
                     (low, stats.Claim(f"more than 83.12 % above the teacher at {low} dB ({kind}; teacher through "
                                       f"{codec} at {sent} symbols)", "ratio", ">=", 1.8312, paper_value=1.8312,
                                       protocol=f"{_arm('RKD-SC', rk)}; {fit}; {images} test images; {k} symbols"))):
-                a = _points(rk, kind, snr)
+                a = results.curve_points(rk, kind, snr)
                 t = pca["curves"].get(kind, {}).get(snr)
                 if a and t:
                     verdicts.append(stats.evaluate_claim(claim, a, 100 * t, CONFIDENCE))
@@ -196,7 +167,7 @@ def paper_claims(arms: dict[str, dict[int, dict]], teacher: dict | None,
                 continue
             note = "" if _compute(rk) == _compute(b_arm) else "UNEQUAL compute: "
             for snr in ("0", high):
-                a, b = _points(rk, kind, snr), _points(b_arm, kind, snr)
+                a, b = results.curve_points(rk, kind, snr), results.curve_points(b_arm, kind, snr)
                 if not a or not b:
                     continue
                 what = "the same student without KD" if other == "no_kd" else "the CNN SemCom baseline"
@@ -223,7 +194,7 @@ def write_report(config, workdir: str) -> dict:
     teacher = results.read_json(layout.run("teacher") / "summary.json")
     curves = collect_curves(layout, methods, teacher)
     snrs = [evaluation.snr_key(s) for s in config.eval.snrs_db]
-    arms = {m: seed_summaries(layout, m) for m in ("rkdsc", *methods) if m != "stage1"}
+    arms = {m: results.seed_summaries(layout, m) for m in ("rkdsc", *methods) if m != "stage1"}
     most_seeds = max([len(v) for v in arms.values()] or [0])
     finetuned = results.read_json(layout.teacher_run / "summary.json")
     images = (f"{finetuned['eval']['count']:,}" if finetuned and (finetuned.get("eval") or {}).get("count")
@@ -259,7 +230,7 @@ def write_report(config, workdir: str) -> dict:
                       [[cell, *[search["op_histogram"][cell].get(op, 0) for op in genotypes.PRIMITIVES]]
                        for cell in ("normal", "reduce")]), ""]
     if curves:
-        shown = with_symbols(curves, _symbols_per_image(layout))
+        shown = results.with_symbols(curves, _symbols_per_image(layout))
         evaluation.plot_accuracy_vs_snr(shown, layout / "accuracy_vs_snr.png", title="Accuracy vs SNR (paper A)")
         for kind in config.eval.channels:
             lines += [f"## Accuracy vs SNR, {kind}", "",
@@ -297,11 +268,10 @@ def write_report(config, workdir: str) -> dict:
                   "", evaluation.markdown_table(["method", "symbols", "ratio",
                                                  *[p.replace("@", " ") + f" dB{spread}" for p in points]], rows),
                   "", "![bandwidth](accuracy_vs_bandwidth.png)", ""]
-    compute = compute_rows({METHOD_LABELS[m]: arms[m] for m in arms})
+    compute = results.compute_rows({METHOD_LABELS[m]: arms[m] for m in arms}, describe_stages)
     if compute:
         # Summaries written before runs recorded their compute have no examples_seen: then unknown, not equal.
-        recorded = all(isinstance(v, int) for r in compute for v in r["examples_seen"])
-        equal = recorded and len({(tuple(r["steps"]), tuple(r["examples_seen"])) for r in compute}) <= 1
+        recorded, equal = results.compute_recorded(compute), results.compute_equal(compute)
         out["compute"] = {"arms": compute, "equal": equal}
         lines += ["## Compute per arm (equal compute)", "", evaluation.markdown_table(
             ["method", "seeds", "optimiser steps", "of which", "batch", "examples seen"],
