@@ -118,6 +118,7 @@ def _study_config(vit_dir):
     config.data.name = "synthetic"
     config.data.normalization = "unit"
     config.data.augment = "none"  # Random templates: shifted or flipped, they are other classes.
+    config.data.num_eval_examples = 128  # Of 512: every arm is evaluated at 3 SNRs × 2 channels.
     config.teacher.kind = "vit"
     config.teacher.hub_id = vit_dir
     config.teacher.image_size = None
@@ -140,7 +141,7 @@ def _study_config(vit_dir):
     config.train.num_epochs = 1.0
     config.train.warmup_steps = 2
     config.train.log_every = 4
-    config.train.checkpoint_every = 8
+    config.train.checkpoint_every = 12  # One save per arm (resuming is test_train's and test_rkdsc's).
     config.eval.batch_size = 128
     config.eval.snrs_db = (-4.0, 0.0, 12.0)
     config.eval.report_snrs_db = (-4.0, 0.0, 12.0)
