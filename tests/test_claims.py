@@ -4,6 +4,7 @@ summaries are built by hand (the study runs of tests/test_ltosc.py and tests/tes
 the same tables and the equal compute of their arms end to end)."""
 
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -230,3 +231,10 @@ def test_darts_comparison_claims_pair_the_variants_over_seeds(tmp_path):
     assert "0.125 / 0.250" in table and "## Claims" in table
     comparison.plot(result, tmp_path / "comparison.png")
     assert (tmp_path / "comparison.png").stat().st_size > 1000
+    # Without the μ = 0.1 variant's runs the others are still compared; a missing seed is an error.
+    for path in tmp_path.glob("kdl_s*"):
+        shutil.rmtree(path)
+    assert list(comparison.collect(str(tmp_path), [0, 1, 2])) == ["kdl_pc", "plain"]
+    shutil.rmtree(tmp_path / "kdl_pc_s2_retrain")
+    with pytest.raises(FileNotFoundError, match="kdl_pc_s2_retrain"):
+        comparison.collect(str(tmp_path), [0, 1, 2])
