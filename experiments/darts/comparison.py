@@ -148,6 +148,7 @@ def plot(result: dict, path) -> None:
                     color=dots.get_facecolor()[0][:3], label=f"{variant['label']} (mean ± 95 % CI)")
     ax.set_title("Retrained networks: parameters vs accuracy (dots: seeds)", fontsize=9)
     ax.set_xlabel("parameters of the retrained network")
+    ax.xaxis.set_major_formatter(lambda value, _: f"{value / 1e3:,.0f}k")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
