@@ -136,13 +136,19 @@ def _norm(tree):
     return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
-def test_periodic_actions_and_epoch_checkpoints_resume_exactly(tmp_path):
+def test_periodic_actions_and_epoch_checkpoints_resume_exactly(tmp_path, monkeypatch):
     mesh = train.make_mesh(2)
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     full = _fit_with_hooks(tmp_path / "a", mesh)
     assert [h["step"] for h in full] == [3, 6, 9]
+    # A slow commit: the save of step 6 is still in flight when step 8 raises.
+    record_checksums = train.Checkpointer._record_checksums
+    monkeypatch.setattr(train.Checkpointer, "_record_checksums", lambda self: (time.sleep(1.0), record_checksums(self)))
     with pytest.raises(RuntimeError, match="simulated preemption"):
         _fit_with_hooks(tmp_path / "b", mesh, crash_at=8)  # After the epoch checkpoint at 6.
+    # Leaving on the error committed that save rather than abandoning it to a background thread.
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["3", "6"]
+    monkeypatch.undo()
     resumed = _fit_with_hooks(tmp_path / "b", mesh)
     assert resumed == full  # The same snapshots, none lost or repeated.
     strip = lambda rows: [{k: v for k, v in r.items() if k != "examples_per_second"} for r in rows]

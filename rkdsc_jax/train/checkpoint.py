@@ -107,7 +107,10 @@ class Checkpointer:
         removed = files.remove_temporaries(self.directory)
         for path in self.directory.iterdir():
             if ocp.step.TMP_DIR_SUFFIX in path.name and path.is_dir():
-                path.rmtree()
+                try:
+                    path.rmtree()
+                except FileNotFoundError:  # Committed (renamed) meanwhile: not a leftover.
+                    continue
                 removed.append(path.name)
         if removed:
             logging.warning("Removed %s from %s: left by a killed write.", ", ".join(sorted(removed)), self.directory)
@@ -143,7 +146,20 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.close()
+        self.manager.close()  # Waits for a save in flight: it commits, nothing is lost.
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # Leaving on an error: commit the save in flight so a rerun resumes from it.
+            self.close()
+        except Exception as close_error:  # noqa: BLE001 - the error that stopped the run matters more.
+            logging.warning("Could not finish the checkpoint in flight in %s while stopping on %s: %s: %s",
+                            self.directory, exc_type.__name__, type(close_error).__name__, close_error)
 
     # -- checking ---------------------------------------------------------------------------
 

@@ -229,56 +229,55 @@ class _Guard:
 
 def _fit(state, train_step, train_iter, mesh, workdir: epath.Path, config: LoopConfig, eval_fn, batch_keys, hooks,
          name):
-    checkpointer = Checkpointer(workdir / "checkpoints", config.keep_checkpoints)
-    writer = MetricWriter(workdir)
-    first_step = 0
-    if checkpointer.latest_step() is not None:
-        state = checkpointer.restore(state, train_iter)
-        first_step = int(jax.device_get(state.step))
-        writer.truncate(first_step)
-        logging.info("Resuming at step %d of %d.", first_step, config.num_steps)
-    guard = _Guard(config, checkpointer, workdir, state)
+    # Leaving on an error still commits a save in flight (the rerun resumes from it).
+    with Checkpointer(workdir / "checkpoints", config.keep_checkpoints) as checkpointer:
+        writer = MetricWriter(workdir)
+        first_step = 0
+        if checkpointer.latest_step() is not None:
+            state = checkpointer.restore(state, train_iter)
+            first_step = int(jax.device_get(state.step))
+            writer.truncate(first_step)
+            logging.info("Resuming at step %d of %d.", first_step, config.num_steps)
+        guard = _Guard(config, checkpointer, workdir, state)
 
-    for hook in hooks:
-        if hook.on_start is not None:
-            hook.on_start(first_step)
-    progress = Progress(config.num_steps, config.batch_size, first_step, name=name)
-    epoch_end = lambda step: bool(config.epoch_steps) and step % config.epoch_steps == 0  # noqa: E731
-    history, last_train, last_eval = [], {}, {}
-    throughputs = []
-    start = time.perf_counter()
-    for step in range(first_step + 1, config.num_steps + 1):
-        try:
-            batch = next(train_iter)
-        except StopIteration:
-            raise ValueError(f"The training iterator ran out at step {step} of {config.num_steps}.")
-        state, metrics = train_step(state, mesh_lib.shard_batch(batch, mesh, batch_keys))
-        history.append(metrics)
-        # Every checkpoint falls on a logging step (LoopConfig), so the guard sees each interval first.
-        if step % config.log_every == 0 or step == config.num_steps or epoch_end(step):
-            last_train = guard.interval_mean(history, step)
-            if config.skip_nonfinite:
-                last_train["nonfinite_steps"] = float(jax.device_get(_skip_counter(state.opt_state)))
-            history = []
-            throughput = progress.log(step, last_train)
-            if step > first_step + config.log_every:  # The first interval includes compilation.
-                throughputs.append(throughput)
-            writer.write(step, last_train | {"examples_per_second": throughput}, "train")
-        if eval_fn is not None and (
-            step == config.num_steps or (config.eval_every and step % config.eval_every == 0)
-        ):
-            last_eval = eval_fn(state)
-            writer.write(step, last_eval, "eval")
-            logging.info("eval step %d | %s", step, " ".join(f"{k}={v:.4g}" for k, v in last_eval.items()))
         for hook in hooks:
-            if hook.due(step, config.num_steps):
-                written = hook.fn(step, state)
-                if written and hook.split:
-                    writer.write(step, written, hook.split)
-        if step % config.checkpoint_every == 0 or step == config.num_steps or epoch_end(step):
-            checkpointer.save(step, state, train_iter)
-    checkpointer.wait()
-    checkpointer.close()
+            if hook.on_start is not None:
+                hook.on_start(first_step)
+        progress = Progress(config.num_steps, config.batch_size, first_step, name=name)
+        epoch_end = lambda step: bool(config.epoch_steps) and step % config.epoch_steps == 0  # noqa: E731
+        history, last_train, last_eval = [], {}, {}
+        throughputs = []
+        start = time.perf_counter()
+        for step in range(first_step + 1, config.num_steps + 1):
+            try:
+                batch = next(train_iter)
+            except StopIteration:
+                raise ValueError(f"The training iterator ran out at step {step} of {config.num_steps}.")
+            state, metrics = train_step(state, mesh_lib.shard_batch(batch, mesh, batch_keys))
+            history.append(metrics)
+            # Every checkpoint falls on a logging step (LoopConfig), so the guard sees each interval first.
+            if step % config.log_every == 0 or step == config.num_steps or epoch_end(step):
+                last_train = guard.interval_mean(history, step)
+                if config.skip_nonfinite:
+                    last_train["nonfinite_steps"] = float(jax.device_get(_skip_counter(state.opt_state)))
+                history = []
+                throughput = progress.log(step, last_train)
+                if step > first_step + config.log_every:  # The first interval includes compilation.
+                    throughputs.append(throughput)
+                writer.write(step, last_train | {"examples_per_second": throughput}, "train")
+            if eval_fn is not None and (
+                step == config.num_steps or (config.eval_every and step % config.eval_every == 0)
+            ):
+                last_eval = eval_fn(state)
+                writer.write(step, last_eval, "eval")
+                logging.info("eval step %d | %s", step, " ".join(f"{k}={v:.4g}" for k, v in last_eval.items()))
+            for hook in hooks:
+                if hook.due(step, config.num_steps):
+                    written = hook.fn(step, state)
+                    if written and hook.split:
+                        writer.write(step, written, hook.split)
+            if step % config.checkpoint_every == 0 or step == config.num_steps or epoch_end(step):
+                checkpointer.save(step, state, train_iter)
     writer.close()
     if first_step == config.num_steps and eval_fn is not None:
         last_eval = eval_fn(state)  # Already finished: report the final evaluation again.
