@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # KDL-DARTS vs plain DARTS on Fashion-MNIST (experiments/configs/darts_fmnist.py): the teacher,
-# 3 seeds of each search, a retrain of every derived cell, then the comparison table
-# (runs/darts_fmnist/comparison.{md,json}).  Two runs at a time, one per core: XLA's CPU
-# step uses little more than one core.  Rerun to resume; finished runs are skipped.
-#   bash scripts/darts_fmnist.sh [SEEDS...]     (default 0 1 2; VARIANTS="kdl plain" by default;
-#   VARIANTS="kdl kdl_pc plain" adds KDL-DARTS with C(α) normalised per cell type and μ = 1)
+# the searches, a retrain of every derived cell, then the comparison table and plot
+# (runs/darts_fmnist/comparison.{md,json,png}).  JOBS (default 2) searches-then-retrains at a
+# time, one per core: XLA's CPU step uses little more than one core.  Rerun to resume;
+# finished runs are skipped.
+#   bash scripts/darts_fmnist.sh [SEEDS...]     (default 0 1 2)
+#   VARIANTS="kdl plain" (default): any of kdl (μ = 0.1), kdl_pc (C(α) per cell type, μ = 1), plain
+#   MUS="0.3 3": adds the μ sweep, kdl_pc at each μ (runs kdl_pc_mu<μ>_s<seed>)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || bash scripts/setup.sh
@@ -26,21 +28,22 @@ run() {  # workdir, then flags; skipped when the run's summary exists.
 run "$RUNS/teacher" --config=experiments/configs/fmnist_classifier.py \
   --config.train.num_epochs=3 --config.data.image_size=16
 
-variant_runs() {  # kdl | plain
-  local variant=$1 seed
-  for seed in "${SEEDS[@]}"; do
-    run "$RUNS/${variant}_s$seed" --config="$CONFIG:$variant" --config.seed="$seed"
-  done
-  for seed in "${SEEDS[@]}"; do
-    run "$RUNS/${variant}_s${seed}_retrain" --config="$CONFIG:$variant" --config.seed="$seed" \
-      --config.mode=retrain --config.retrain.genotype="$RUNS/${variant}_s$seed"
-  done
+search_and_retrain() {  # name seed config flags...
+  local name=$1 seed=$2; shift 2
+  run "$RUNS/${name}_s$seed" "$@" --config.seed="$seed" || return 1
+  run "$RUNS/${name}_s${seed}_retrain" "$@" --config.seed="$seed" \
+    --config.mode=retrain --config.retrain.genotype="$RUNS/${name}_s$seed"
 }
-pids=()
-for variant in ${VARIANTS:-kdl plain}; do
-  variant_runs "$variant" & pids+=($!)
+chains=()  # "name|flags" per variant.
+for variant in ${VARIANTS:-kdl plain}; do chains+=("$variant|--config=$CONFIG:$variant"); done
+for mu in ${MUS:-}; do chains+=("kdl_pc_mu$mu|--config=$CONFIG:kdl_pc --config.search.mu=$mu"); done
+failed=$(mktemp)
+for seed in "${SEEDS[@]}"; do
+  for chain in "${chains[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-2}" ]; do wait -n || true; done
+    { search_and_retrain "${chain%%|*}" "$seed" ${chain#*|} || echo "${chain%%|*} seed $seed" >> "$failed"; } &
+  done
 done
-status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=1; done
-[ $status = 0 ] || { echo "Some runs failed; rerun to resume them."; exit 1; }
+wait
+if [ -s "$failed" ]; then echo "Failed: $(paste -sd, "$failed"); rerun to resume them."; exit 1; fi
 .venv/bin/python -m experiments.darts.comparison --runs="$RUNS" --seeds="$(IFS=,; echo "${SEEDS[*]}")"

@@ -207,18 +207,26 @@ def test_darts_comparison_claims_pair_the_variants_over_seeds(tmp_path):
 
     # Retrained accuracy and parameters per seed; kdl_pc (optional) has runs, so it joins.
     runs = {"kdl": ((0.80, 900), (0.82, 1000), (0.81, 1100)), "plain": ((0.79, 1000), (0.80, 1200), (0.80, 1300)),
-            "kdl_pc": ((0.77, 500), (0.78, 600), (0.77, 700))}
+            "kdl_pc": ((0.77, 500), (0.78, 600), (0.77, 700)), "kdl_pc_mu3": ((0.70, 200), (0.71, 300), (0.72, 400)),
+            "kdl_pc_mu0.3": ((0.78, 800), (0.79, 900), (0.80, 1000))}
+    mus = {"kdl": 0.1, "plain": 0.0, "kdl_pc": 1.0, "kdl_pc_mu3": 3.0, "kdl_pc_mu0.3": 0.3}
     for variant, rows in runs.items():
         for seed, (accuracy, params) in enumerate(rows):
             files.atomic_write_json(str(tmp_path / f"{variant}_s{seed}" / "summary.json"), {
-                "val": {"accuracy": 0.5}, "complexity": 0.3, "total_wall_time_s": 60.0,
+                "mu": mus[variant], "val": {"accuracy": 0.5}, "complexity": 0.3, "total_wall_time_s": 60.0,
                 "op_histogram": {"normal": {"sep_conv_3x3": 2}, "reduce": {"max_pool_3x3": 2}},
                 "genotype": {"normal": [["sep_conv_3x3", 0]], "reduce": [["max_pool_3x3", 0]]},
                 "alpha_movement": {"normal": {"mean_tv": 0.125}, "reduce": {"mean_tv": 0.25}}})
             files.atomic_write_json(str(tmp_path / f"{variant}_s{seed}_retrain" / "summary.json"), {
                 "eval": {"accuracy": accuracy}, "num_params": params, "total_wall_time_s": 60.0})
     result = comparison.collect(str(tmp_path), [0, 1, 2])
-    assert list(result) == ["kdl", "kdl_pc", "plain"]
+    assert list(result) == ["kdl", "kdl_pc", "plain", "kdl_pc_mu0.3", "kdl_pc_mu3"]  # The sweep by μ.
+    assert result["kdl_pc_mu3"]["label"] == "KDL-DARTS (λ=0.5, τ=4, μ=3, C per cell type)"
+    # The μ sweep: plain DARTS as μ = 0, then the per-cell-type variants by μ (kdl is on another scale).
+    sweep = comparison.mu_sweep(result)
+    assert [(r["mu"], r["params"]) for r in sweep] == [(0.0, 1166.6666666666667), (0.3, 900.0), (1.0, 600.0),
+                                                        (3.0, 300.0)]
+    assert sweep[3]["test_accuracy"] == pytest.approx(0.71)
     verdicts = {v.claim.name: v for v in comparison.claims(result)}
     size = verdicts["KDL-DARTS (λ=0.5, τ=4, μ=0.1): fewer parameters than DARTS's cells"]
     # Paired ratios 0.9, 1000/1200, 1100/1300.
@@ -229,12 +237,13 @@ def test_darts_comparison_claims_pair_the_variants_over_seeds(tmp_path):
     assert accuracy.verdict == stats.NOT_REPRODUCED  # sd 0.577, CI half-width t·sd/√3 = 1.43 < 2.33.
     table = comparison.markdown(result)
     assert "0.125 / 0.250" in table and "## Claims" in table
+    assert "| 3 | 3 | 300 | 71.00 % | 0.300 | 0.125 / 0.250 |" in table
     comparison.plot(result, tmp_path / "comparison.png")
     assert (tmp_path / "comparison.png").stat().st_size > 1000
     # Without the μ = 0.1 variant's runs the others are still compared; a missing seed is an error.
     for path in tmp_path.glob("kdl_s*"):
         shutil.rmtree(path)
-    assert list(comparison.collect(str(tmp_path), [0, 1, 2])) == ["kdl_pc", "plain"]
+    assert list(comparison.collect(str(tmp_path), [0, 1, 2])) == ["kdl_pc", "plain", "kdl_pc_mu0.3", "kdl_pc_mu3"]
     shutil.rmtree(tmp_path / "kdl_pc_s2_retrain")
     with pytest.raises(FileNotFoundError, match="kdl_pc_s2_retrain"):
         comparison.collect(str(tmp_path), [0, 1, 2])

@@ -3,10 +3,11 @@
     python -m experiments.darts.comparison --runs=runs/darts_fmnist --seeds=0,1,2
 
 Reads ``{variant}_s{seed}/summary.json`` (search) and ``{variant}_s{seed}_retrain/summary.json``
-for ``plain`` and each KDL variant whose runs exist (``kdl``; ``kdl_pc``, the per-cell-type penalty) and
-writes ``comparison.json``, ``comparison.md`` (tables, how far α moved, the claims with 95 %
-CIs and verdicts) and ``comparison.png`` (the params-vs-accuracy plane: every seed, and each
-variant's mean ± CI) into ``--runs``.
+for ``plain`` and each KDL variant whose runs exist (``kdl``; ``kdl_pc``, the per-cell-type penalty;
+``kdl_pc_mu<μ>``, the μ sweep of ``MUS="…" scripts/darts_fmnist.sh``) and writes ``comparison.json``,
+``comparison.md`` (tables, how far α moved, the μ sweep, the claims with 95 % CIs and verdicts) and
+``comparison.png`` (the params-vs-accuracy plane: every seed, and each variant's mean ± CI) into
+``--runs``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ COLLAPSE_OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect")
 VARIANTS = {"kdl": "KDL-DARTS (λ=0.5, τ=4, μ=0.1)",
             "kdl_pc": "KDL-DARTS (λ=0.5, τ=4, μ=1, C per cell type)", "plain": "DARTS (λ=μ=0)"}
 REQUIRED = ("plain",)  # The reference; each KDL variant joins when its runs exist.
+SWEEP_PREFIX = "kdl_pc_mu"  # kdl_pc with another μ: ``kdl_pc_mu3_s0`` (scripts/darts_fmnist.sh, MUS).
 CONFIDENCE = 0.95
 
 
@@ -39,10 +41,24 @@ def _load(path: epath.Path) -> dict:
     return found
 
 
+def sweep_variants(runs: str, first_seed: int) -> dict[str, str]:
+    """The μ sweep's variants that have runs, by μ: name → label."""
+    found = {}
+    for path in epath.Path(runs).glob(f"{SWEEP_PREFIX}*_s{first_seed}"):
+        name = path.name[:-len(f"_s{first_seed}")]
+        try:
+            mu = float(name[len(SWEEP_PREFIX):])
+        except ValueError:
+            continue
+        found[mu] = (name, f"KDL-DARTS (λ=0.5, τ=4, μ={mu:g}, C per cell type)")
+    return dict(found[mu] for mu in sorted(found))
+
+
 def collect(runs: str, seeds: list[int]) -> dict:
     """Per variant: one row per seed and the mean ± std of every number."""
     result = {}
-    for variant in VARIANTS:  # One that has its first seed's runs must have every seed's (_load).
+    variants = VARIANTS | sweep_variants(runs, seeds[0])
+    for variant, label in variants.items():  # One with its first seed's runs must have every seed's (_load).
         if variant not in REQUIRED and not (epath.Path(runs) / f"{variant}_s{seeds[0]}" / "summary.json").exists():
             continue
         rows = []
@@ -55,6 +71,7 @@ def collect(runs: str, seeds: list[int]) -> dict:
                 "params": retrain["num_params"],
                 "search_val_accuracy": search["val"]["accuracy"],
                 "complexity": search["complexity"],
+                "mu": search.get("mu"),
                 "op_histogram": search["op_histogram"],
                 "normal": [op for op, _ in search["genotype"]["normal"]],
                 "reduce": [op for op, _ in search["genotype"]["reduce"]],
@@ -75,7 +92,7 @@ def collect(runs: str, seeds: list[int]) -> dict:
                                    for cell in CELL_TYPES}
         summary["pool_skip_none_edges_per_seed"] = sum(
             n for cell in CELL_TYPES for op, n in histogram[cell].items() if op in COLLAPSE_OPS) / len(rows)
-        result[variant] = {"label": VARIANTS[variant], "runs": rows, "summary": summary}
+        result[variant] = {"label": label, "runs": rows, "summary": summary}
     return result
 
 
@@ -127,10 +144,36 @@ def markdown(result: dict) -> str:
                          f"{', '.join(r['normal'])} | {', '.join(r['reduce'])} | {r['search_minutes']:.1f} |")
     lines += ["", "α moved: the mean over edges of the total-variation distance between softmax(α) before and "
               "after the search (0: unchanged, 1: all weight moved; rkdsc_jax.nas.genotypes.alpha_movement)."]
+    sweep = mu_sweep(result)
+    if len(sweep) > 2:
+        lines += ["", "## The μ sweep (KDL-DARTS with C per cell type; μ = 0 is plain DARTS)", "",
+                  "| μ | seeds | parameters | retrained test accuracy | C(α) | α moved (TV normal / reduce) |",
+                  "|---|---|---|---|---|---|"]
+        for row in sweep:
+            lines.append(f"| {row['mu']:g} | {row['seeds']} | {row['params']:,.0f} | {100 * row['test_accuracy']:.2f} % | "
+                         f"{row['complexity']:.3f} | {_tv(row['tv_normal'])} / {_tv(row['tv_reduce'])} |")
     verdicts = claims(result)
     if verdicts:
         lines += ["", "## Claims (SPEC §4.1), 95 % CI over seeds", "", stats.claim_table(verdicts)]
     return "\n".join(lines) + "\n"
+
+
+def mu_sweep(result: dict) -> list[dict]:
+    """Means per μ over plain DARTS (μ = 0) and the per-cell-type variants, by μ."""
+    rows = []
+    for variant, found in result.items():
+        if variant != "plain" and variant != "kdl_pc" and not variant.startswith(SWEEP_PREFIX):
+            continue  # kdl's μ is on another (global) scale.
+        runs = found["runs"]
+        tv = {cell: [r["alpha_tv"][cell] for r in runs if r["alpha_tv"].get(cell) is not None] for cell in CELL_TYPES}
+        rows.append({"mu": 0.0 if variant == "plain" else float(runs[0]["mu"] if runs[0].get("mu") is not None else 1.0),
+                     "variant": variant, "seeds": len(runs),
+                     "params": found["summary"]["params"]["mean"],
+                     "test_accuracy": found["summary"]["test_accuracy"]["mean"],
+                     "complexity": found["summary"]["complexity"]["mean"],
+                     "tv_normal": float(np.mean(tv["normal"])) if tv["normal"] else None,
+                     "tv_reduce": float(np.mean(tv["reduce"])) if tv["reduce"] else None})
+    return sorted(rows, key=lambda r: r["mu"])
 
 
 def plot(result: dict, path) -> None:
@@ -146,6 +189,13 @@ def plot(result: dict, path) -> None:
         ax.errorbar([params.mean], [accuracy.mean], xerr=[params.half_width if params.has_ci else 0.0],
                     yerr=[accuracy.half_width if accuracy.has_ci else 0.0], marker="o", capsize=3,
                     color=dots.get_facecolor()[0][:3], label=f"{variant['label']} (mean ± 95 % CI)")
+    sweep = mu_sweep(result)
+    if len(sweep) > 2:  # The sweep's means joined in order of μ, each labelled.
+        ax.plot([r["params"] for r in sweep], [100 * r["test_accuracy"] for r in sweep], color="0.5", lw=0.8,
+                zorder=0)
+        for r in sweep:
+            ax.annotate(f"μ={r['mu']:g}", (r["params"], 100 * r["test_accuracy"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)
     ax.set_title("Retrained networks: parameters vs accuracy (dots: seeds)", fontsize=9)
     ax.set_xlabel("parameters of the retrained network")
     ax.xaxis.set_major_formatter(lambda value, _: f"{value / 1e3:,.0f}k")
@@ -161,7 +211,8 @@ def main(argv):
     runs = epath.Path(_RUNS.value)
     result = collect(runs, [int(s) for s in _SEEDS.value])
     table = markdown(result)
-    files.atomic_write_json(runs / "comparison.json", result | {"claims": [v.as_dict() for v in claims(result)]})
+    files.atomic_write_json(runs / "comparison.json", result | {"claims": [v.as_dict() for v in claims(result)],
+                                                             "mu_sweep": mu_sweep(result)})
     files.atomic_write_text(runs / "comparison.md", table)
     plot(result, runs / "comparison.png")
     print(table)
