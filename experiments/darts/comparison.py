@@ -196,12 +196,13 @@ def plot(result: dict, path) -> None:
         for r in sweep:
             ax.annotate(f"μ={r['mu']:g}", (r["params"], 100 * r["test_accuracy"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7)
+        ax.margins(0.15)  # Room for the labels.
     ax.set_title("Retrained networks: parameters vs accuracy (dots: seeds)", fontsize=9)
     ax.set_xlabel("parameters of the retrained network")
     ax.xaxis.set_major_formatter(lambda value, _: f"{value / 1e3:,.0f}k")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="lower left" if len(sweep) > 2 else "best")
     fig.tight_layout()
     evaluation.save_figure(fig, path)
 
