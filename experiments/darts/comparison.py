@@ -162,11 +162,12 @@ def mu_sweep(result: dict) -> list[dict]:
     """Means per μ over plain DARTS (μ = 0) and the per-cell-type variants, by μ."""
     rows = []
     for variant, found in result.items():
-        if variant != "plain" and variant != "kdl_pc" and not variant.startswith(SWEEP_PREFIX):
+        if variant not in ("plain", "kdl_pc") and not variant.startswith(SWEEP_PREFIX):
             continue  # kdl's μ is on another (global) scale.
         runs = found["runs"]
         tv = {cell: [r["alpha_tv"][cell] for r in runs if r["alpha_tv"].get(cell) is not None] for cell in CELL_TYPES}
-        rows.append({"mu": 0.0 if variant == "plain" else float(runs[0]["mu"] if runs[0].get("mu") is not None else 1.0),
+        recorded_mu = runs[0]["mu"]  # Older summaries lack it; kdl_pc's default is μ = 1.
+        rows.append({"mu": 0.0 if variant == "plain" else float(1.0 if recorded_mu is None else recorded_mu),
                      "variant": variant, "seeds": len(runs),
                      "params": found["summary"]["params"]["mean"],
                      "test_accuracy": found["summary"]["test_accuracy"]["mean"],

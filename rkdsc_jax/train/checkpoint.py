@@ -152,12 +152,12 @@ class Checkpointer:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
+        try:  # Also when leaving on an error: the save in flight commits and a rerun resumes from it.
             self.close()
-            return
-        try:  # Leaving on an error: commit the save in flight so a rerun resumes from it.
-            self.close()
-        except Exception as close_error:  # noqa: BLE001 - the error that stopped the run matters more.
+        except Exception as close_error:  # noqa: BLE001
+            if exc_type is None:
+                raise
+            # The error that stopped the run matters more.
             logging.warning("Could not finish the checkpoint in flight in %s while stopping on %s: %s: %s",
                             self.directory, exc_type.__name__, type(close_error).__name__, close_error)
 
