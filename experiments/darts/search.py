@@ -28,7 +28,7 @@ from etils import epath
 from experiments.common import inputs, results
 from experiments.common import teacher as teacher_lib
 from experiments.common.layout import RunLayout
-from rkdsc_jax import data, evaluation, genotype_data, models, train
+from rkdsc_jax import data, evaluation, models, train
 from rkdsc_jax.nas import genotypes, network, search_space
 from rkdsc_jax.nas import search as search_lib
 
@@ -261,22 +261,6 @@ def search(config, workdir: str) -> dict:
 # --- retrain -------------------------------------------------------------------------------
 
 
-def load_genotype(spec: str) -> genotypes.Genotype:
-    """A published genotype's name (``DARTS_V1``, ``DARTS_V2``: the package's copies), a genotype
-    JSON path, or a search workdir holding ``genotype.json``."""
-    if spec in genotype_data.NAMES:
-        return genotypes.Genotype.from_dict(genotype_data.as_dict(spec))
-    path = epath.Path(spec)
-    path = path / "genotype.json" if path.is_dir() else path
-    if not path.exists():
-        raise FileNotFoundError(f"No genotype at {path}; pass a genotype JSON, a finished search workdir or one "
-                                f"of {list(genotype_data.NAMES)}.")
-    try:
-        return genotypes.Genotype.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); a genotype file is one JSON object.") from e
-
-
 def retrain_step(state, batch, *, aux_weight: float):
     def loss_fn(params):
         (logits, aux), updates = state.apply_fn(
@@ -306,7 +290,7 @@ def retrain(config, workdir: str) -> dict:
     """Trains the network of ``config.retrain.genotype`` from scratch and evaluates it."""
     workdir, start = results.start_run(config, workdir, "Retrain")
     r = config.retrain
-    genotype = load_genotype(r.genotype)
+    genotype = genotypes.load(r.genotype)
     mesh = train.make_mesh(config.mesh.num_devices)
     train_source = inputs.source(config, config.data.train_split, r.num_train_examples)
     eval_source = inputs.source(config, config.data.eval_split, r.num_eval_examples)

@@ -19,7 +19,6 @@ from etils import epath
 from experiments.common import inputs, results
 from experiments.common import teacher as teacher_lib
 from experiments.common.layout import RunLayout
-from experiments.darts import search as darts_search
 from rkdsc_jax import deploy, evaluation, train
 from rkdsc_jax.distill import rkd_steps, tosc_steps
 from rkdsc_jax.models import rkd, tosc
@@ -34,7 +33,7 @@ def pipeline_layout(config, pipeline_dir) -> RunLayout:
 
 def resolve_genotype(config, layout: RunLayout) -> genotypes.Genotype:
     """``config.student.genotype``: a name, JSON path or search workdir; None: the pipeline's search."""
-    return darts_search.load_genotype(config.student.get("genotype") or str(layout.search))
+    return genotypes.load(config.student.get("genotype") or layout.search)
 
 
 def run_identity(config, layout: RunLayout, method: str, stage1_dir=None) -> dict:

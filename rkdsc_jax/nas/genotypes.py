@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from etils import epath
 
 from rkdsc_jax import files, genotype_data
 from rkdsc_jax.nas.ops import PRIMITIVES
@@ -128,18 +128,20 @@ def _validate(cell_type: str, gene: Gene, concat: tuple[int, ...]) -> None:
                          f"concatenated node once (DARTS: {list(range(2, steps + 2))}).")
 
 
-def load(path: str) -> Genotype:
-    """A genotype JSON file, or a published genotype by name (``genotype_data.NAMES``)."""
-    if path in genotype_data.NAMES:
-        return Genotype.from_dict(genotype_data.as_dict(path))
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No genotype file {path!r}; pass a genotype JSON in DARTS form or one of the "
-                                f"published genotypes {list(genotype_data.NAMES)}.")
-    with open(path, encoding="utf-8") as f:
-        try:
-            d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); a genotype file is one JSON object.") from e
+def load(spec: epath.PathLike) -> Genotype:
+    """A published genotype by name (``genotype_data.NAMES``: the package's copies), a genotype
+    JSON file, or a finished search workdir holding ``genotype.json``; any epath (``gs://``)."""
+    if str(spec) in genotype_data.NAMES:
+        return Genotype.from_dict(genotype_data.as_dict(str(spec)))
+    path = epath.Path(spec)
+    path = path / "genotype.json" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"No genotype file {str(path)!r}; pass a genotype JSON in DARTS form, a finished "
+                                f"search workdir or one of the published genotypes {list(genotype_data.NAMES)}.")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); a genotype file is one JSON object.") from e
     return Genotype.from_dict(d)
 
 

@@ -372,3 +372,6 @@ def test_genotype_files_and_names(tmp_path):
     with pytest.raises(ValueError, match="one JSON object"):
         genotypes.load(str(tmp_path / "list.json"))
     assert genotypes.load("DARTS_V2") == genotypes.Genotype.from_dict(V2)  # Valid control, by name.
+    (tmp_path / "search").mkdir()  # A finished search workdir, as the RKD-SC pipeline passes it.
+    (tmp_path / "search" / "genotype.json").write_text(json.dumps(V2))
+    assert genotypes.load(tmp_path / "search") == genotypes.Genotype.from_dict(V2)
