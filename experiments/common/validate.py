@@ -18,6 +18,7 @@ import numbers
 from typing import Any, Sequence
 
 from absl import logging
+from etils import epath
 
 # Classes and native image side of the datasets the data layer reads by name (rkdsc_jax.data:
 # Fashion-MNIST and the synthetic set are 10-class 28 px; TFDS / image-folder sets as published).
@@ -512,6 +513,19 @@ def _check_model_sizes(c: _Checker, section: str) -> None:
             c.fraction(path)
 
 
+def _check_genotype(c: _Checker, path: str, *, optional: bool = False) -> None:
+    """A shipped genotype's name, a genotype JSON or a finished search workdir: one that exists now."""
+    from rkdsc_jax import genotype_data
+
+    spec = c.text(path, optional=optional)
+    if not spec or spec in genotype_data.NAMES:
+        return
+    where = epath.Path(spec)
+    if not (where.is_file() or (where / "genotype.json").is_file()):
+        c.bad(path, spec, f"no genotype there: pass a genotype JSON, a finished search workdir or a shipped "
+                          f"genotype's name {list(genotype_data.NAMES)}")
+
+
 # --- families ---------------------------------------------------------------------------------
 
 
@@ -522,7 +536,7 @@ def _check_pipeline(c: _Checker, mode: str, classes: int | None) -> None:
     c.text("pipeline_dir", optional=True)
     _check_search(c)
     encoder = c.choice("student.encoder", sorted(tosc.ENCODERS))
-    c.text("student.genotype", optional=True)
+    _check_genotype(c, "student.genotype", optional=True)
     if encoder:
         _check_model_sizes(c, f"student.encoders.{encoder}")
     c.integer("codec.width")
@@ -660,7 +674,10 @@ def _check_darts(c: _Checker, mode: str, classes: int | None) -> None:
     if kind == "classifier":
         c.choice("teacher.model.name", CLASSIFIERS)
         _check_model_sizes(c, "teacher.model")
-    c.text("retrain.genotype")
+    if mode == "retrain":  # A search's retrain.genotype may name a workdir the search has yet to write.
+        _check_genotype(c, "retrain.genotype")
+    else:
+        c.text("retrain.genotype")
     c.integer("retrain.layers")
     c.integer("retrain.channels")
     c.positive("retrain.epochs")

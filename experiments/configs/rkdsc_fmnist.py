@@ -17,8 +17,8 @@ by the seeds).  Single stages: ``--config.mode=rkd_stage1`` / ``rkd_stage2`` wit
 
 Variant ``capacity`` (``--config=experiments/configs/rkdsc_fmnist.py:capacity``): the README's
 capacity study, a teacher fine-tuned for a full epoch (938 steps), no search but the cell
-that ``scripts/darts_fmnist.sh`` found (``runs/darts_fmnist/kdl_pc_s0``) at 16 channels × 5
-cells, 500 + 700 steps for RKD-SC (1,200 for each baseline) and all 10k test images;
+that ``scripts/darts_fmnist.sh`` found (``kdl_pc`` seed 0, shipped as the named genotype
+``KDL_FMNIST``) at 16 channels × 5 cells, 500 + 700 steps for RKD-SC (1,200 for each baseline) and all 10k test images;
 about 40 minutes per seed on 2 cores after a 20-minute teacher.
 """
 
@@ -138,7 +138,7 @@ def get_config(variant: str = "default") -> ml_collections.ConfigDict:
         config.teacher.finetune.num_steps = 938  # One epoch of the 60k training images at batch 64.
         config.teacher.finetune.warmup_steps = 100
         config.search.enabled = False
-        config.student.genotype = "runs/darts_fmnist/kdl_pc_s0"
+        config.student.genotype = "KDL_FMNIST"  # runs/darts_fmnist/kdl_pc_s0, shipped with the package.
         config.student.encoders.genotype = dict(channels=16, layers=5)
         config.stage1.num_steps = 500
         config.stage2.num_steps = 700

@@ -8,7 +8,7 @@ checkpoints (the whole ``SearchState`` + both data iterators), ``metrics.jsonl``
 ``alphas.png`` (softmax(α) of every edge over the epochs), ``summary.json``.
 
 ``retrain`` trains ``nas.network.GenotypeNetwork`` from ``config.retrain.genotype`` (a JSON
-path, a search workdir or a published genotype's name, ``DARTS_V1``/``DARTS_V2``).  Both run
+path, a search workdir or a shipped genotype's name: ``DARTS_V1``/``DARTS_V2``/``KDL_FMNIST``).  Both run
 on ``train.fit``; the search's per-epoch α snapshot is one of its periodic actions.
 """
 

@@ -1,4 +1,6 @@
-"""The published DARTS cells (Liu, Simonyan, Yang, ICLR 2019) shipped with the package, by name.
+"""Named genotypes shipped with the package: the published DARTS cells (Liu, Simonyan, Yang,
+ICLR 2019) and KDL_FMNIST, the cell this library's KDL-DARTS search found on Fashion-MNIST
+(the student of the README's capacity study, so that it runs without the search first).
 
 Plain JSON in DARTS form (``rkdsc_jax.nas.genotypes.Genotype.from_dict`` reads it); this module
 imports nothing of ``rkdsc_jax`` so that any module, ``nas.genotypes`` included, can use it.
@@ -10,7 +12,7 @@ import json
 import os
 from typing import Any
 
-FILES = {"DARTS_V1": "darts_v1.json", "DARTS_V2": "darts_v2.json"}
+FILES = {"DARTS_V1": "darts_v1.json", "DARTS_V2": "darts_v2.json", "KDL_FMNIST": "kdl_fmnist.json"}
 NAMES = tuple(FILES)
 
 

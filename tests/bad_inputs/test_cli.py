@@ -4,6 +4,7 @@ the documented commands parse.  Parsed in-process on a fresh ``FlagValues`` (a f
 cases check what a user sees)."""
 
 import glob
+import json
 import os
 import re
 import subprocess
@@ -14,6 +15,7 @@ from absl import flags
 
 from experiments import main
 from experiments.common.validate import ConfigError
+from rkdsc_jax import genotype_data
 
 # ml_collections loads config files with importlib's deprecated load_module().
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
@@ -162,12 +164,13 @@ def _documented_commands():
     return commands
 
 
-def test_the_documented_commands_parse():
+def test_the_documented_commands_parse(tmp_path, monkeypatch):
     commands = _documented_commands()
     assert len(commands) >= 15 and any("--config.pipeline.seeds=0,1,2" in args for _, args in commands)
     for source, args in commands:
         config_arg = next(a for a in args if a.startswith("--config="))
         rest = [a for a in args if a != config_arg]
+        _searched_genotypes(rest, tmp_path, monkeypatch)
         config = parse(*rest, config=os.path.join(REPO, config_arg.split("=", 1)[1]))
         if "--config.pipeline.seeds=0,1,2" in rest:
             assert config.pipeline.seeds == (0, 1, 2), source
@@ -184,12 +187,23 @@ INLINE = [
 
 
 @pytest.mark.parametrize("config,overrides", INLINE, ids=[o.split()[0] for _, o in INLINE])
-def test_the_documented_overrides_parse(config, overrides):
+def test_the_documented_overrides_parse(config, overrides, tmp_path, monkeypatch):
     first = overrides.split()[0].split("=")[0]
     documented = "".join(open(os.path.join(REPO, f), encoding="utf-8").read()
                          for f in ("README.md", "BUILD.md", os.path.join("experiments", "configs", config)))
     assert first in documented
+    _searched_genotypes(overrides.split(), tmp_path, monkeypatch)
     parse(*overrides.split(), config=os.path.join(CONFIGS, config))
+
+
+def _searched_genotypes(args, tmp_path, monkeypatch):
+    """A genotype must exist when the run starts: the searches the arguments name ran, in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    for arg in args:
+        name, _, value = arg.partition("=")
+        if name.endswith(".genotype") and value not in genotype_data.NAMES:
+            (tmp_path / value).mkdir(parents=True, exist_ok=True)
+            (tmp_path / value / "genotype.json").write_text(json.dumps(genotype_data.as_dict("DARTS_V2")))
 
 
 def test_the_user_sees_one_line_and_no_traceback():

@@ -18,7 +18,7 @@ from experiments.common.validate import ConfigError
 CONFIGS = [("darts_cifar10", None), ("darts_cifar10", "plain"), ("darts_fmnist", None), ("darts_fmnist", "plain"),
            ("fmnist_classifier", None), ("synthetic_classifier", None), ("ltosc_fmnist", None),
            ("ltosc_imagenet_clip", None), ("rkdsc_fmnist", None), ("rkdsc_cifar10", None), ("rkdsc_cifar100", None),
-           ("rkdsc_tinyimagenet", None)]
+           ("rkdsc_fmnist", "capacity"), ("darts_fmnist", "kdl_pc"), ("rkdsc_tinyimagenet", None)]
 NAN, INF = math.nan, math.inf
 
 
@@ -225,6 +225,11 @@ BAD = [
                                                                  "'middle'"),
     ("darts_fmnist", {"search.impl": "cuda"}, "search.impl='cuda': must be one of 'auto', 'taps', 'lax'"),
     ("darts_fmnist", {"retrain.genotype": ""}, "retrain.genotype='': must be a non-empty string"),
+    ("rkdsc_fmnist", {"student.genotype": "runs/nowhere/search"},
+     "student.genotype='runs/nowhere/search': no genotype there: pass a genotype JSON, a finished search workdir"),
+    ("darts_fmnist", {"mode": "retrain", "retrain.genotype": "DARTS_V3"},
+     "retrain.genotype='DARTS_V3': no genotype there: pass a genotype JSON, a finished search workdir or a "
+     "shipped genotype's name ['DARTS_V1', 'DARTS_V2', 'KDL_FMNIST']"),
     # Seeds.
     ("synthetic_classifier", {"seed": -1}, "seed=-1: must be an integer >= 0"),
     ("rkdsc_fmnist", {"pipeline.seeds": (0, 0)}, "pipeline.seeds=(0, 0): has duplicates 0; list each value once"),

@@ -366,12 +366,15 @@ def test_genotype_refused(case):
 
 
 def test_genotype_files_and_names(tmp_path):
-    with pytest.raises(FileNotFoundError, match="No genotype file .*published genotypes \\['DARTS_V1', 'DARTS_V2'\\]"):
+    with pytest.raises(FileNotFoundError, match="No genotype file .*published genotypes \\['DARTS_V1', 'DARTS_V2', "
+                                                "'KDL_FMNIST'\\]"):
         genotypes.load(str(tmp_path / "DARTS_V3"))
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="one JSON object"):
         genotypes.load(str(tmp_path / "list.json"))
     assert genotypes.load("DARTS_V2") == genotypes.Genotype.from_dict(V2)  # Valid control, by name.
+    for name in genotype_data.NAMES:  # Every shipped genotype is a valid cell that knows its name.
+        assert genotypes.load(name).meta["name"] == name
     (tmp_path / "search").mkdir()  # A finished search workdir, as the RKD-SC pipeline passes it.
     (tmp_path / "search" / "genotype.json").write_text(json.dumps(V2))
     assert genotypes.load(tmp_path / "search") == genotypes.Genotype.from_dict(V2)
