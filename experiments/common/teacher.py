@@ -276,18 +276,26 @@ def teacher_over_channel(config, layout: RunLayout, equal_symbols=(), codec_snr_
     mesh = train.make_mesh(config.mesh.num_devices)
     eval_source = inputs.eval_source(config)
     teacher = load_teacher(config, inputs.class_names(eval_source), layout)
-    params = jax.device_put({"network": teacher.variables, "head": teacher.head_params}, train.replicated(mesh))
 
     def feature_fn(variables, images):
         return teacher.feature_fn(variables, teacher.preprocess(images))
 
-    step = functools.partial(tosc_steps.teacher_over_channel_eval_step, feature_fn=feature_fn,
+    # The teacher runs once over the test set; every curve below sends its stored features.
+    identity = lambda variables, x: x  # noqa: E731
+    step = functools.partial(tosc_steps.teacher_over_channel_eval_step, feature_fn=identity,
                              head_fn=teacher.head_fn, csi=config.channel.csi, equalizer=config.channel.equalizer)
     preprocess = inputs.preprocess(config, normalize=False)
     batches = inputs.eval_batches(eval_source, config.eval.batch_size, preprocess)
-    curves = evaluation.accuracy_vs_snr(step, params, batches, snrs_db=config.eval.snrs_db,
+    started = time.perf_counter()
+    feature_batches = _feature_batches(batches, feature_fn, teacher.variables)
+    logging.info("Teacher over the channel: features of %d test images in %.0f s; %d SNRs × %d channels next.",
+                 sum(len(b["label"]) for b in feature_batches), time.perf_counter() - started,
+                 len(config.eval.snrs_db), len(config.eval.channels))
+    params = jax.device_put({"network": {}, "head": teacher.head_params}, train.replicated(mesh))
+    curves = evaluation.accuracy_vs_snr(step, params, lambda: feature_batches, snrs_db=config.eval.snrs_db,
                                         kinds=config.eval.channels, mesh=mesh, seed=config.eval.seed)
-    clean = evaluation.accuracy_vs_snr(step, params, batches, snrs_db=[0.0], kinds=["none"], mesh=mesh)
+    clean = evaluation.accuracy_vs_snr(step, params, lambda: feature_batches, snrs_db=[0.0], kinds=["none"],
+                                       mesh=mesh)
     sample = jnp.zeros((1, *preprocess.output_shape(eval_source.info.image_shape)))
     feature_dim = jax.eval_shape(lambda: feature_fn(teacher.variables, sample)).shape[-1]
     summary = {"curves": curves, "clean_accuracy": clean["none"]["0"], "teacher": teacher.identity(),
@@ -302,10 +310,8 @@ def teacher_over_channel(config, layout: RunLayout, equal_symbols=(), codec_snr_
     train_batches = data_lib.eval_batches(train_source, batch_size=config.eval.batch_size, preprocess_config=preprocess)
     features, labels = bandwidth.collect_features(feature_fn, teacher.variables, train_batches,
                                                   max_examples=fit_examples)
-    feature_batches = _feature_batches(batches, feature_fn, teacher.variables)
     snrs = sorted({*config.eval.snrs_db, *config.eval.get("bandwidth_snrs_db", ())})
     linear_steps = int(config.eval.get("linear_codec_steps") or 0)
-    identity = lambda variables, x: x  # noqa: E731  (features are precomputed)
     head = jax.device_put(teacher.head_params, train.replicated(mesh))
     rows: dict[str, dict] = {"pca": {}}
     if linear_steps:
@@ -330,6 +336,8 @@ def teacher_over_channel(config, layout: RunLayout, equal_symbols=(), codec_snr_
                                                   kinds=["none"], mesh=mesh)
             rows[name][str(budget)] = {"curves": eb_curves, "clean_accuracy": eb_clean["none"]["0"],
                                   "num_symbols": bandwidth.codec_num_symbols(codec)}
+        logging.info("Teacher at %d symbols (%s codecs) evaluated; %.0f s in this stage.", budget,
+                     "/".join(codecs), time.perf_counter() - started)
     summary |= {"equal_bandwidth": rows, "codec_fit_examples": int(len(features)),
                 "linear_codec_steps": linear_steps, "codec_side_info": "norm"}
     return summary

@@ -640,7 +640,7 @@ def _check_study(c: _Checker, mode: str, classes: int | None) -> None:
     _check_train(c, "train")
     methods = c.names("study.methods", methods_all)
     seeds = c.integers("study.seeds", 0)
-    sizes = c.integers("study.train_sizes")
+    c.integers("study.train_sizes")
     c.names("study.size_methods", methods_all, empty_ok=True)
     size_snrs, snrs = c.floats("study.size_snrs_db", what=" (SNR in dB)"), c.get("eval.snrs_db", None)
     if size_snrs and isinstance(snrs, (tuple, list)):
