@@ -233,3 +233,19 @@ def test_search_config_follows_the_pipeline():
     assert (child.retrain.channels, child.retrain.layers) == (12, 4)  # The student network's size.
     config.search.lam = 0.0
     assert rkdsc.search_config(config, "/tmp/pipeline").teacher.kind == "none"  # Plain DARTS needs no teacher.
+
+
+def test_a_stage_depends_on_the_given_genotypes_content(tmp_path):
+    """A genotype file edited in place makes the stages trained on it stale (their identity changes)."""
+    config = rkdsc_fmnist.get_config("capacity")
+    path = tmp_path / "cell.json"
+    path.write_text(json.dumps(genotype_data.as_dict("DARTS_V2")))
+    config.student.genotype = str(path)
+    layout = stages.pipeline_layout(config, str(tmp_path / "pipeline"))
+    before = stages.run_identity(config, layout, "no_kd")
+    assert before["inputs"]["genotype"]["normal"][0] == ["sep_conv_3x3", 0]
+    edited = genotype_data.as_dict("DARTS_V2") | {"normal": genotype_data.as_dict("DARTS_V1")["normal"]}
+    path.write_text(json.dumps(edited))
+    assert stages.run_identity(config, layout, "no_kd") != before
+    assert stages.latency_identity(config, layout)["inputs"]["genotype"] == stages.genotype_input(config, layout)[
+        "genotype"]

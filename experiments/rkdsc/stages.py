@@ -36,13 +36,21 @@ def resolve_genotype(config, layout: RunLayout) -> genotypes.Genotype:
     return genotypes.load(config.student.get("genotype") or layout.search)
 
 
+def genotype_input(config, layout: RunLayout) -> dict:
+    """The student's cell as an input of a stage: the pipeline's search run, or the given genotype's
+    content (a genotype file edited in place makes the stages that used it stale)."""
+    if config.student.encoder != "genotype":
+        return {}
+    if not config.student.get("genotype"):
+        return {"search": workdir_lib.artifact_fingerprint(layout.search)}
+    return {"genotype": resolve_genotype(config, layout).to_dict()}
+
+
 def run_identity(config, layout: RunLayout, method: str, stage1_dir=None) -> dict:
     """A trained stage's identity: its fields (not other stages') and the artifacts it consumes —
     the teacher (its features' width shapes every student), the searched genotype, and for
     ``rkdsc`` the stage-1 run it starts from."""
-    found = {"teacher": teacher_lib.teacher_input(config, layout)}
-    if config.student.encoder == "genotype" and not config.student.get("genotype"):
-        found["search"] = workdir_lib.artifact_fingerprint(layout.search)
+    found = {"teacher": teacher_lib.teacher_input(config, layout)} | genotype_input(config, layout)
     # The baselines train as long as stage 1 + stage 2 together (baseline_steps): stage 1's length counts.
     stage1_rest = tuple(f"stage1.{k}" for k in config.stage1.keys() if k not in ("num_steps", "num_epochs",
                                                                                  "batch_size"))
@@ -56,9 +64,7 @@ def run_identity(config, layout: RunLayout, method: str, stage1_dir=None) -> dic
 
 def latency_identity(config, layout: RunLayout) -> dict:
     """What the encoder latencies depend on: the data's shape, the teacher, the student system."""
-    found = {"teacher": teacher_lib.teacher_input(config, layout)}
-    if config.student.encoder == "genotype" and not config.student.get("genotype"):
-        found["search"] = workdir_lib.artifact_fingerprint(layout.search)
+    found = {"teacher": teacher_lib.teacher_input(config, layout)} | genotype_input(config, layout)
     return results.run_identity(config, only=("data", "teacher", "student", "codec"), inputs=found)
 
 
