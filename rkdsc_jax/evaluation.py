@@ -9,11 +9,13 @@ from __future__ import annotations
 import functools
 import math
 import os
+import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from rkdsc_jax import files, stats
 from rkdsc_jax.train import mesh as mesh_lib
@@ -51,6 +53,7 @@ def accuracy_vs_snr(
             out_shardings=mesh_lib.replicated(mesh),
         )
         results[kind] = {}
+        started, count = time.perf_counter(), 0
         for snr in snrs_db:
             key = jax.random.fold_in(jax.random.PRNGKey(seed), int(round(snr * 1000)) % 2**32)
             totals = None
@@ -61,6 +64,10 @@ def accuracy_vs_snr(
                 raise ValueError("The evaluation set is empty.")
             totals = jax.device_get(totals)
             results[kind][snr_key(snr)] = float(totals["accuracy"] / totals["count"])
+            count += int(totals["count"])
+        seconds = time.perf_counter() - started
+        logging.info("Accuracy vs SNR over %s: %d SNRs, %d examples in %.0f s (%.0f examples/s).", kind,
+                     len(snrs_db), count, seconds, count / max(seconds, 1e-9))
     return results
 
 
