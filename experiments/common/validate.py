@@ -18,7 +18,6 @@ import numbers
 from typing import Any, Sequence
 
 from absl import logging
-from etils import epath
 
 # Classes and native image side of the datasets the data layer reads by name (rkdsc_jax.data:
 # Fashion-MNIST and the synthetic set are 10-class 28 px; TFDS / image-folder sets as published).
@@ -514,16 +513,20 @@ def _check_model_sizes(c: _Checker, section: str) -> None:
 
 
 def _check_genotype(c: _Checker, path: str, *, optional: bool = False) -> None:
-    """A shipped genotype's name, a genotype JSON or a finished search workdir: one that exists now."""
+    """A shipped genotype's name, a genotype JSON or a finished search workdir: one that loads now."""
     from rkdsc_jax import genotype_data
+    from rkdsc_jax.nas import genotypes
 
     spec = c.text(path, optional=optional)
-    if not spec or spec in genotype_data.NAMES:
+    if not spec:
         return
-    where = epath.Path(spec)
-    if not (where.is_file() or (where / "genotype.json").is_file()):
+    try:
+        genotypes.load(spec)
+    except FileNotFoundError:
         c.bad(path, spec, f"no genotype there: pass a genotype JSON, a finished search workdir or a shipped "
                           f"genotype's name {list(genotype_data.NAMES)}")
+    except ValueError as e:  # Not JSON, or not a valid cell.
+        c.bad(path, spec, str(e))
 
 
 # --- families ---------------------------------------------------------------------------------
