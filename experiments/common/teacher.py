@@ -289,7 +289,7 @@ def teacher_over_channel(config, layout: RunLayout, equal_symbols=(), codec_snr_
     started = time.perf_counter()
     feature_batches = _feature_batches(batches, feature_fn, teacher.variables)
     logging.info("Teacher over the channel: features of %d test images in %.0f s; %d SNRs × %d channels next.",
-                 sum(len(b["label"]) for b in feature_batches), time.perf_counter() - started,
+                 int(sum(np.sum(b["mask"]) for b in feature_batches)), time.perf_counter() - started,
                  len(config.eval.snrs_db), len(config.eval.channels))
     params = jax.device_put({"network": {}, "head": teacher.head_params}, train.replicated(mesh))
     curves = evaluation.accuracy_vs_snr(step, params, lambda: feature_batches, snrs_db=config.eval.snrs_db,
