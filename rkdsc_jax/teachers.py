@@ -55,7 +55,6 @@ class TeacherPreprocess:
 
 
 CLIP_PREPROCESS_STATS = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
-IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 HALF_STATS = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # [-1, 1]: ViT-B/16 (google) and EfficientNet-Lite.
 
 

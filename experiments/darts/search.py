@@ -56,9 +56,6 @@ class PairedIterator:
         self.train_iter.set_state(state["train"])
         self.val_iter.set_state(state["val"])
 
-    def start_prefetch(self) -> None:
-        pass
-
 
 def teacher_fn(config, num_classes: int, sample_shape, class_names=(), workdir: str | None = None):
     """images → logits of the frozen teacher.

@@ -31,8 +31,8 @@ import jax.numpy as jnp
 
 from rkdsc_jax.models.cnn import CNNEncoder
 from rkdsc_jax.models.codecs import ChannelAdaptiveModule, GaussianEncoderHead
-from rkdsc_jax.models.resnet import RESNET_SMALL_INPUT, ResNetEncoder
-from rkdsc_jax.models.tinyvit import TINYVIT_SMALL_INPUT, DenseDecoder, TinyViTEncoder
+from rkdsc_jax.models.resnet import ResNetEncoder
+from rkdsc_jax.models.tinyvit import DenseDecoder, TinyViTEncoder
 
 
 def _pool(features: jnp.ndarray) -> jnp.ndarray:
@@ -105,7 +105,6 @@ ENCODERS: dict[str, Callable[..., nn.Module]] = {
     "cnn": CNNEncoder,
     "genotype": _genotype_encoder,
 }
-SMALL_INPUT_ENCODERS = {"tinyvit": TINYVIT_SMALL_INPUT, "resnet": RESNET_SMALL_INPUT}
 
 
 def make_encoder(name: str, **kwargs: Any) -> nn.Module:

@@ -8,7 +8,6 @@ import time
 from typing import Any, Mapping
 
 import jax
-import numpy as np
 from absl import logging
 from etils import epath
 
@@ -129,9 +128,3 @@ class Progress:
         )
         self._last_time, self._last_step = now, step
         return throughput
-
-
-def mean_metrics(history: list[Mapping[str, jax.Array]]) -> dict[str, float]:
-    """Averages per-step scalar metrics over a logging interval (one device→host copy)."""
-    stacked = jax.device_get(jax.tree.map(lambda *xs: np.stack(xs), *history))
-    return {k: float(np.mean(v)) for k, v in stacked.items()}
