@@ -21,7 +21,7 @@ INSTALL_REQUIRES = [
     "huggingface-hub>=0.30",  # Teacher checkpoints by hub id; local directories need no network.
     "tokenizers>=0.21",  # CLIP's text tower (zero-shot heads).
     "numpy>=1.26,<3",
-    "ml-dtypes>=0.4",  # numpy's bfloat16 (BF16 safetensors checkpoints).
+    "ml-dtypes>=0.5",  # numpy's bfloat16 (BF16 safetensors checkpoints); jax>=0.6 needs >=0.5.
     "tensorboardX>=2.6",
     "matplotlib>=3.8",
     "pillow>=10.0",
