@@ -172,6 +172,9 @@ def _time_jax(step, state, inputs, steps: int, profile_dir: str = "", name: str 
     if memory is not None:
         step_mb = (memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
                    - memory.alias_size_in_bytes) / 2**20
+    cost = compiled.cost_analysis()  # XLA's count: tells FLOP-bound ratios from overhead-bound ones.
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    gflops = cost["flops"] / 1e9 if cost and "flops" in cost else None
     holder = {"state": state}
 
     def one():
@@ -184,7 +187,7 @@ def _time_jax(step, state, inputs, steps: int, profile_dir: str = "", name: str 
     median, p90 = _timed(one, steps)
     profile = _profile(one, compiled.as_text(), profile_dir, name) if profile_dir else None
     return {"profile": profile, "framework": "jax", "compile_s": compile_s, "first_step_s": first_s, "median_step_s": median,
-            "p90_step_s": p90, "step_memory_mb": step_mb, "peak_rss_mb": _peak_rss_mb(),
+            "p90_step_s": p90, "step_memory_mb": step_mb, "gflops": gflops, "peak_rss_mb": _peak_rss_mb(),
             "platform": jax.default_backend(), "version": jax.__version__}
 
 
@@ -300,12 +303,13 @@ def main():
         row["vs_torch_best"] = (min(r["median_step_s"] for r in torch_rows) / row["median_step_s"]
                                 if torch_rows else None)
     print(f"\n{'framework':>9} {'order':>6} {'variant':>17} {'compile s':>9} {'median ms':>10} {'p90 ms':>8} "
-          f"{'step MB':>8} {'peak RSS MB':>11} {'speed vs torch':>15}")
+          f"{'step MB':>8} {'GFLOP':>7} {'peak RSS MB':>11} {'speed vs torch':>15}")
     for r in rows:
         ratio = f"{r['vs_torch_best']:.2f}x" if r["vs_torch_best"] else "-"
         step_mb = f"{r['step_memory_mb']:.0f}" if r["step_memory_mb"] is not None else "-"
+        gflops = f"{r['gflops']:.1f}" if r.get("gflops") is not None else "-"
         print(f"{r['framework']:>9} {r['order']:>6} {r['variant']:>17} {r['compile_s']:>9.1f} "
-              f"{1e3 * r['median_step_s']:>10.0f} {1e3 * r['p90_step_s']:>8.0f} {step_mb:>8} "
+              f"{1e3 * r['median_step_s']:>10.0f} {1e3 * r['p90_step_s']:>8.0f} {step_mb:>8} {gflops:>7} "
               f"{r['peak_rss_mb']:>11.0f} {ratio:>15}")
     print("speed vs torch: PyTorch's faster layout's step time / this step time (>1: faster than PyTorch).")
     for r in rows:
