@@ -45,7 +45,7 @@ def numpy_simulate(rng, z, snr_db, kind):
     return (h * z + noise) / h
 
 
-def _median_seconds(call, repeats):
+def median_seconds(call, repeats):
     call(0)  # warm-up: compiles the JAX version, touches the memory for both
     times = []
     for r in range(repeats):
@@ -68,8 +68,8 @@ def bench(batch, k, kind, repeats, prng_impl):
     assert out.dtype == jnp.complex64
     assert numpy_simulate(rng, z_np, snr_np, kind).dtype == np.complex64  # same precision
 
-    t_np = _median_seconds(lambda r: numpy_simulate(rng, z_np, snr_np, kind), repeats)
-    t_jax = _median_seconds(lambda r: sim(keys[r], z, snr).block_until_ready(), repeats)
+    t_np = median_seconds(lambda r: numpy_simulate(rng, z_np, snr_np, kind), repeats)
+    t_jax = median_seconds(lambda r: sim(keys[r], z, snr).block_until_ready(), repeats)
     n = batch * k
     return dict(batch=batch, k=k, symbols=n, kind=kind, numpy_s=t_np, jax_s=t_jax,
                 numpy_symbols_per_s=n / t_np, jax_symbols_per_s=n / t_jax, speedup=t_np / t_jax)

@@ -16,16 +16,17 @@ chunk, the setting for random access) and with its default options (chunks of 65
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import platform
 import shutil
-import statistics
 import tempfile
 import time
 
 import numpy as np
 from array_record.python import array_record_data_source, array_record_module
 
+from benchmarks.channel_throughput import median_seconds
 from rkdsc_jax import files
 from rkdsc_jax.data import sources
 from rkdsc_jax.data.pipeline import AugmentConfig
@@ -47,16 +48,6 @@ def build_store(directory: str, examples: int, epochs: int, top_k: int) -> logit
     return logit_store.LogitStore.open(directory)
 
 
-def _median_seconds(call, repeats: int) -> float:
-    call(0)
-    times = []
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        call(r + 1)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def _directory_bytes(directory: str, suffix: str) -> int:
     return sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory) if f.endswith(suffix))
 
@@ -72,14 +63,12 @@ def bench_npy(store: logit_store.LogitStore, directory: str, queries, repeats: i
     t0 = time.perf_counter()
     opened = logit_store.LogitStore.open(directory, verify_checksums=False, check_values=False)
     open_s = time.perf_counter() - t0
-    lookup_s = _median_seconds(lambda r: opened._records(*queries[r % len(queries)]), repeats)
+    lookup_s = median_seconds(lambda r: opened._records(*queries[r % len(queries)]), repeats)
     return dict(format="npy shards (mmap)", bytes=_directory_bytes(directory, ".npy"), write_s=write_s,
                 open_s=open_s, lookup_s=lookup_s)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
-    import io
-
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     return buffer.getvalue()
@@ -110,7 +99,7 @@ def bench_array_record(store: logit_store.LogitStore, directory: str, queries, r
         records = data_source.__getitems__((epochs * n + indices).tolist())
         return np.frombuffer(b"".join(records), dtype)
 
-    lookup_s = _median_seconds(lookup, repeats)
+    lookup_s = median_seconds(lookup, repeats)
     indices, epochs = queries[0]
     np.testing.assert_array_equal(lookup(0), store._records(indices, epochs)[0])  # Same records.
     row = dict(format=f"ArrayRecord ({options})", bytes=_directory_bytes(out, ".array_record"),
